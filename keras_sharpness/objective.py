@@ -1,0 +1,292 @@
+"""The training loss as a function of a weight vector: f(w), grad f(w), H(w) v.
+
+Every analysis of this package (parametric plot, sharpness, Hessian spectrum)
+evaluates the loss through `TrainingLoss`, so all of them see the same
+function:
+
+* f(w) is the **mean cross-entropy** (logits and integer labels) over a fixed
+  data set: the arrays given, or a seeded subset of ``num_samples`` of them.
+* **Dropout is off** (``training=False``).
+* **BatchNorm semantics** are chosen by the caller: ``"batch"`` normalizes
+  every batch with its own statistics at evaluation (Keras 1 ``mode=2``, the
+  paper's setting), ``"moving"`` uses the moving statistics (standard Keras).
+  In ``"batch"`` mode a sample's output depends on the rest of its batch, so
+  the data are cut into **fixed batches** (same order, same ``batch_size``,
+  the last one possibly smaller) and f is a deterministic function of w.
+* The model is **never mutated**: the object evaluates a clone with
+  ``keras.Model.stateless_call``, feeding it the weights it is asked about.
+* **Precision**: the model computes in float32; vectors cross the SciPy
+  boundary as float64; per-batch sums are accumulated in float64.
+
+Weights are flattened in the order of ``model.trainable_variables``, each
+variable in C order (`flatten` / `unflatten`). Non-trainable variables (the
+BatchNorm moving statistics) are held fixed at the model's values unless a
+call passes others.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from keras_sharpness.errors import UserError
+
+
+def _cross_entropy_sum_and_correct(logits, labels):
+    """Sum of per-sample cross-entropies and number of correct predictions.
+
+    Written with `tf.nn.log_softmax` rather than the fused sparse op, whose
+    second derivative TensorFlow refuses to take (Hessian-vector products
+    need it).
+    """
+    logits = tf.cast(logits, tf.float32)
+    log_probs = tf.nn.log_softmax(logits, axis=-1)
+    picked = tf.gather(log_probs, labels, axis=-1, batch_dims=1)
+    correct = tf.reduce_sum(tf.cast(
+        tf.equal(tf.argmax(logits, axis=-1, output_type=labels.dtype), labels),
+        tf.float32))
+    return -tf.reduce_sum(picked), correct
+
+
+def _clone_with_bn_mode(model, bn_mode):
+    """A structural copy of `model` in BN mode `bn_mode` (weights irrelevant)."""
+    import keras
+
+    from keras_sharpness.networks import set_bn_mode
+
+    clone = keras.models.clone_model(model)
+    if bn_mode is not None:
+        set_bn_mode(clone, bn_mode)
+    return clone
+
+
+class TrainingLoss:
+    """f(w) = mean cross-entropy of a Keras model at weights w over fixed data.
+
+    Args:
+        model: a `keras.Model` that outputs **logits**. It is cloned, never
+            modified; its current trainable weights are the default point
+            (`initial_point`) and its non-trainable ones (BatchNorm moving
+            statistics) the default `non_trainable` values.
+        x: inputs, a NumPy array whose first axis indexes samples.
+        y: integer class labels, shape ``(len(x),)``.
+        bn_mode: ``"batch"`` (batch statistics at evaluation, Keras 1
+            ``mode=2``), ``"moving"`` (moving statistics), or None for the
+            model's own mode (`keras_sharpness.networks.get_bn_mode`).
+        batch_size: samples per fixed batch. In ``"batch"`` mode it is part of
+            the definition of f (the statistics are those of each batch).
+        num_samples: evaluate on a seeded random subset of this many samples
+            (kept in data order) instead of all of them; None for all.
+        seed: seed of that subset.
+
+    Raises:
+        UserError: empty data, labels out of range, a bad ``bn_mode``,
+            ``batch_size`` or ``num_samples``, or inputs the model cannot take.
+    """
+
+    def __init__(self, model, x, y, *, bn_mode=None, batch_size=1000,
+                 num_samples=None, seed=0):
+        from keras_sharpness.layers import check_bn_mode
+        from keras_sharpness.networks import get_bn_mode
+
+        x = np.asarray(x)
+        y = np.asarray(y).reshape(-1)
+        if len(x) == 0 or len(x) != len(y):
+            raise UserError(f"need as many labels as inputs and at least one "
+                            f"sample; got {len(x)} inputs, {len(y)} labels")
+        if not np.issubdtype(y.dtype, np.integer):
+            if not np.all(np.equal(np.mod(y, 1), 0)):
+                raise UserError("labels must be integer class indices")
+        if int(batch_size) < 1:
+            raise UserError(f"batch_size must be at least 1, got {batch_size}")
+        if num_samples is not None:
+            num_samples = int(num_samples)
+            if not 1 <= num_samples <= len(x):
+                raise UserError(f"num_samples must be between 1 and {len(x)} "
+                                f"(the data size), got {num_samples}")
+            keep = np.sort(np.random.default_rng(seed).choice(
+                len(x), size=num_samples, replace=False))
+            x, y = x[keep], y[keep]
+        own_mode = get_bn_mode(model)
+        self.bn_mode = own_mode if bn_mode is None else check_bn_mode(bn_mode)
+        self.batch_size = int(batch_size)
+        self.num_samples = len(x)
+        self.seed = seed
+        _check_compatible(model, x, y)
+
+        self._model = _clone_with_bn_mode(model, self.bn_mode if own_mode else None)
+        source_trainable = list(model.trainable_variables)
+        source_fixed = list(model.non_trainable_variables)
+        clone_trainable = list(self._model.trainable_variables)
+        clone_fixed = list(self._model.non_trainable_variables)
+        if ([tuple(v.shape) for v in source_trainable] != [tuple(v.shape) for v in clone_trainable]
+                or [tuple(v.shape) for v in source_fixed] != [tuple(v.shape) for v in clone_fixed]):
+            raise UserError(f"model {model.name} cannot be cloned faithfully "
+                            "(its variables differ from its clone's)")
+        self._shapes = [tuple(v.shape) for v in source_trainable]
+        self._sizes = [int(np.prod(s, dtype=np.int64)) for s in self._shapes]
+        self._offsets = np.cumsum([0] + self._sizes)
+        #: Number of trainable weights n (length of every weight vector).
+        self.num_params = int(self._offsets[-1])
+        self._initial = np.concatenate(
+            [np.asarray(v.numpy(), dtype=np.float64).reshape(-1) for v in source_trainable]
+            or [np.zeros(0)])
+        self._fixed = [np.array(v.numpy()) for v in source_fixed]
+        self._fixed_dtypes = [v.dtype for v in clone_fixed]
+
+        # Fixed batches, converted to tensors once: same order on every call.
+        self._batches = []
+        for start in range(0, len(x), self.batch_size):
+            xb = np.asarray(x[start:start + self.batch_size], dtype=np.float32)
+            yb = np.asarray(y[start:start + self.batch_size], dtype=np.int64)
+            self._batches.append((tf.constant(xb), tf.constant(yb)))
+        self._compile()
+
+    # ----------------------------------------------------------------- weights
+    def initial_point(self):
+        """The model's trainable weights as one float64 vector (a copy)."""
+        return self._initial.copy()
+
+    def non_trainable_values(self):
+        """The model's non-trainable values (BN moving statistics), copied,
+        in ``model.non_trainable_variables`` order."""
+        return [v.copy() for v in self._fixed]
+
+    def flatten(self, arrays):
+        """Concatenates arrays shaped like the trainable variables (float64)."""
+        arrays = list(arrays)
+        if [tuple(np.shape(a)) for a in arrays] != self._shapes:
+            raise ValueError("arrays do not match the model's trainable variables")
+        if not arrays:
+            return np.zeros(0)
+        return np.concatenate([np.asarray(a, dtype=np.float64).reshape(-1) for a in arrays])
+
+    def unflatten(self, w):
+        """Splits a weight vector into arrays shaped like the trainable variables."""
+        w = self._check_vector(w, "w")
+        return [w[a:b].reshape(shape) for a, b, shape
+                in zip(self._offsets[:-1], self._offsets[1:], self._shapes)]
+
+    # ---------------------------------------------------------------- function
+    def value(self, w, non_trainable=None):
+        """f(w): mean cross-entropy over the data (float).
+
+        Args:
+            w: weight vector of length `num_params`.
+            non_trainable: values for ``model.non_trainable_variables``; None
+                for the model's own (only ``"moving"`` mode reads them).
+        """
+        return self.loss_and_accuracy(w, non_trainable)[0]
+
+    def loss_and_accuracy(self, w, non_trainable=None):
+        """(f(w), accuracy): mean cross-entropy and fraction classified right."""
+        trainable, fixed = self._tensors(w, non_trainable)
+        loss, correct = 0.0, 0.0
+        for xb, yb in self._batches:
+            batch_loss, batch_correct = self._loss_fn(trainable, fixed, xb, yb)
+            loss += float(batch_loss)
+            correct += float(batch_correct)
+        return loss / self.num_samples, correct / self.num_samples
+
+    def value_and_gradient(self, w, non_trainable=None):
+        """(f(w), grad f(w)): the gradient is a float64 vector (`tf.GradientTape`)."""
+        trainable, fixed = self._tensors(w, non_trainable)
+        loss = 0.0
+        gradient = np.zeros(self.num_params)
+        for xb, yb in self._batches:
+            batch_loss, batch_gradient = self._gradient_fn(trainable, fixed, xb, yb)
+            loss += float(batch_loss)
+            gradient += batch_gradient.numpy()
+        return loss / self.num_samples, gradient / self.num_samples
+
+    def gradient(self, w, non_trainable=None):
+        """grad f(w) as a float64 vector."""
+        return self.value_and_gradient(w, non_trainable)[1]
+
+    def hessian_vector_product(self, w, v, non_trainable=None):
+        """H(w) v, the Hessian of f at w times v (float64 vector).
+
+        Forward-over-reverse: a `tf.autodiff.ForwardAccumulator` pushes the
+        tangent v through the reverse-mode gradient, one pass per batch.
+        """
+        trainable, fixed = self._tensors(w, non_trainable)
+        tangents = [tf.constant(part, dtype=tf.float32)
+                    for part in self.unflatten(self._check_vector(v, "v"))]
+        product = np.zeros(self.num_params)
+        for xb, yb in self._batches:
+            product += self._hvp_fn(trainable, tangents, fixed, xb, yb).numpy()
+        return product / self.num_samples
+
+    # --------------------------------------------------------------- internals
+    def _check_vector(self, w, name):
+        w = np.asarray(w, dtype=np.float64)
+        if w.shape != (self.num_params,):
+            raise ValueError(f"{name} must have shape ({self.num_params},), got {w.shape}")
+        return w
+
+    def _tensors(self, w, non_trainable):
+        trainable = [tf.constant(part, dtype=tf.float32) for part in self.unflatten(w)]
+        values = self._fixed if non_trainable is None else list(non_trainable)
+        if len(values) != len(self._fixed) or any(
+                tuple(np.shape(a)) != b.shape for a, b in zip(values, self._fixed)):
+            raise ValueError("non_trainable does not match the model's non-trainable variables")
+        fixed = [tf.constant(np.asarray(a), dtype=dtype)
+                 for a, dtype in zip(values, self._fixed_dtypes)]
+        return trainable, fixed
+
+    def _compile(self):
+        model = self._model
+
+        def sum_and_correct(trainable, fixed, xb, yb):
+            logits, _ = model.stateless_call(trainable, fixed, xb, training=False)
+            return _cross_entropy_sum_and_correct(logits, yb)
+
+        def flat(tensors):
+            return tf.concat([tf.reshape(tf.cast(t, tf.float64), [-1]) for t in tensors], 0)
+
+        def loss_fn(trainable, fixed, xb, yb):
+            return sum_and_correct(trainable, fixed, xb, yb)
+
+        def gradient_fn(trainable, fixed, xb, yb):
+            with tf.GradientTape() as tape:
+                tape.watch(trainable)
+                loss, _ = sum_and_correct(trainable, fixed, xb, yb)
+            return loss, flat(tape.gradient(loss, trainable))
+
+        def hvp_fn(trainable, tangents, fixed, xb, yb):
+            with tf.autodiff.ForwardAccumulator(trainable, tangents) as accumulator:
+                with tf.GradientTape() as tape:
+                    tape.watch(trainable)
+                    loss, _ = sum_and_correct(trainable, fixed, xb, yb)
+                gradient = tape.gradient(loss, trainable)
+            return flat(accumulator.jvp(gradient, unconnected_gradients="zero"))
+
+        # One trace for every batch size: the batch axis is left unknown.
+        weights = [tf.TensorSpec(s, tf.float32) for s in self._shapes]
+        fixed = [tf.TensorSpec(a.shape, d) for a, d in zip(self._fixed, self._fixed_dtypes)]
+        xb, yb = self._batches[0]
+        data = [tf.TensorSpec([None, *xb.shape[1:]], tf.float32),
+                tf.TensorSpec([None], tf.int64)]
+        self._loss_fn = tf.function(loss_fn, input_signature=[weights, fixed, *data])
+        self._gradient_fn = tf.function(gradient_fn, input_signature=[weights, fixed, *data])
+        self._hvp_fn = tf.function(hvp_fn, input_signature=[weights, weights, fixed, *data])
+
+
+def _check_compatible(model, x, y):
+    """UserError unless `model` takes inputs shaped like `x` and has enough outputs."""
+    try:
+        expected = tuple(model.input_shape)[1:]
+    except (AttributeError, ValueError):
+        expected = None
+    if expected is not None and not isinstance(expected[0], (tuple, list)):
+        got = tuple(x.shape[1:])
+        if len(expected) != len(got) or any(
+                e is not None and e != g for e, g in zip(expected, got)):
+            raise UserError(f"model {model.name} takes inputs of shape "
+                            f"{tuple(None if e is None else e for e in expected)}, "
+                            f"but the data has shape {got}")
+    try:
+        num_outputs = tuple(model.output_shape)[-1]
+    except (AttributeError, ValueError, TypeError):
+        num_outputs = None
+    if y.min() < 0 or (num_outputs is not None and y.max() >= num_outputs):
+        raise UserError(f"labels range over [{int(y.min())}, {int(y.max())}] but model "
+                        f"{model.name} has {num_outputs} outputs")
