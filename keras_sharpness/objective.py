@@ -46,15 +46,43 @@ def _cross_entropy_sum_and_correct(logits, labels):
     return -tf.reduce_sum(picked), correct
 
 
+def _exact_moments(layer, inputs, mask):
+    """Batch mean and variance, differentiable to every order.
+
+    `tf.nn.moments` (behind Keras' BatchNormalization) stops the gradient
+    through the mean inside the variance: harmless for first derivatives
+    (the deviations sum to zero) but wrong for second ones, so Hessian-vector
+    products through batch-statistics BatchNorm would be wrong. Same values.
+    """
+    if mask is not None:
+        return type(layer)._moments(layer, inputs, mask)
+    compute = tf.float32 if inputs.dtype in (tf.float16, tf.bfloat16) else inputs.dtype
+    x = tf.cast(inputs, compute)
+    axes = list(layer._reduction_axes)
+    mean = tf.reduce_mean(x, axis=axes, keepdims=True)
+    variance = tf.reduce_mean(tf.math.squared_difference(x, mean), axis=axes)
+    mean = tf.squeeze(mean, axis=axes)
+    return tf.cast(mean, inputs.dtype), tf.cast(variance, inputs.dtype)
+
+
 def _clone_with_bn_mode(model, bn_mode):
-    """A structural copy of `model` in BN mode `bn_mode` (weights irrelevant)."""
+    """A structural copy of `model` in BN mode `bn_mode` (weights irrelevant).
+
+    The clone's BatchNorm layers compute batch moments with `_exact_moments`
+    so that second derivatives are right; the caller's model is untouched.
+    """
+    import functools
+
     import keras
 
-    from keras_sharpness.networks import set_bn_mode
+    from keras_sharpness.networks import batchnorm_layers, set_bn_mode
 
     clone = keras.models.clone_model(model)
     if bn_mode is not None:
         set_bn_mode(clone, bn_mode)
+    for layer in batchnorm_layers(clone):
+        if not layer.synchronized:
+            layer._moments = functools.partial(_exact_moments, layer)
     return clone
 
 
