@@ -5,9 +5,35 @@ import sys
 
 
 def quiet_tensorflow():
-    """Silence TensorFlow's C++ start-up chatter before it is imported."""
+    """Imports TensorFlow without its C++ start-up chatter on stderr.
+
+    TensorFlow >= 2.18 prints oneDNN notices through absl's C++ logging at
+    import, which `TF_CPP_MIN_LOG_LEVEL` no longer silences (and turning
+    oneDNN off to hide them halves convolution speed on CPUs). So the import
+    runs with file descriptor 2 pointed at a temporary file, which is replayed
+    if the import fails. Entry points call this first, so that their only
+    output on bad input is the one-line error.
+    """
+    import tempfile
+
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        except BaseException:
+            os.dup2(saved, 2)
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def run(main):

@@ -1,0 +1,109 @@
+"""Figure 6: sharpness against training cross-entropy along SB and LB training.
+
+SB and LB train from one x0 for ``--epochs``; every ``--every``-th epoch's
+iterate is measured (training cross-entropy and Metric 2.1).
+
+    python -m keras_sharpness.experiments.trajectory -n F1 \
+        --dataset=npz:../shared/data/mnist-t10k-split.npz --epochs=50 --every=5
+
+Writes ``<workdir>/trajectory.json`` and ``<figures_dir>/<network>_trajectory.{pdf,png}``.
+"""
+
+import pathlib
+import time
+
+from keras_sharpness import io
+from keras_sharpness.experiments import figures
+from keras_sharpness.experiments.batch_sweep import phi_label
+from keras_sharpness.experiments.measure import (
+    SaveEvery,
+    accuracy_and_loss,
+    cached,
+    claim_workdir,
+    sharpness_records,
+    train_or_reuse,
+)
+
+
+def run(data, network, workdir, *, dataset, epochs, every, settings, sb_batch_size,
+        lb_batch_size, figures_dir="Figures", seed=0, verbose=1):
+    """Runs (or resumes) both trajectories; returns the JSON-ready dict."""
+    from keras_sharpness.training import initial_point
+
+    workdir = pathlib.Path(workdir)
+    started = time.time()
+    claim_workdir(workdir, {"experiment": "trajectory", "network": network, "dataset": dataset,
+                            "seed": seed, "epochs": epochs, "every": every,
+                            "sb_batch_size": sb_batch_size, "lb_batch_size": lb_batch_size})
+    x0 = initial_point(workdir / "x0.keras", network, data.info, seed=seed,
+                       bn_mode=settings.bn_mode)
+    result = {"network": network, "dataset": dataset, "seed": seed, "epochs": epochs,
+              "every": every, "settings": settings.to_dict()}
+    curves = {}
+    for name, batch in (("sb", sb_batch_size), ("lb", lb_batch_size)):
+        iterates = workdir / f"{name}_iterates"
+        save = SaveEvery(every, iterates / "epoch{epoch:03d}.keras")
+        train_or_reuse(x0, network, data, workdir / f"{name}.keras", batch_size=batch,
+                       seed=seed, bn_mode=settings.bn_mode, training_kwargs={"epochs": epochs},
+                       run_name=name.upper(), callbacks=(save,), verbose=verbose)
+        points = []
+        for epoch in range(every, epochs + 1, every):
+            model = io.load_model(iterates / f"epoch{epoch:03d}.keras")
+            key = {"epoch": epoch, "settings": settings.to_dict()}
+            measured = cached(workdir / f"{name}_epoch{epoch:03d}_measurements.json", key,
+                              lambda: {**accuracy_and_loss(model, data, settings),
+                                       "sharpness": sharpness_records(model, data, settings)})
+            points.append({"epoch": epoch, **measured})
+            if verbose:
+                print(f"{name.upper()} epoch {epoch}: train CE {measured['train_loss']:.4g}, "
+                      f"phi {measured['sharpness'][0]['phi']:.4g}", flush=True)
+        result[name] = {"batch_size": batch, "epochs": [p["epoch"] for p in points],
+                        "train_loss": [p["train_loss"] for p in points],
+                        "sharpness": [p["sharpness"][0]["phi"] for p in points],
+                        "points": points}
+        curves[f"{name.upper()} (batch {batch})"] = (
+            result[name]["train_loss"], result[name]["sharpness"], result[name]["epochs"])
+    result.update(seconds=time.time() - started, versions=io.versions())
+    io.write_json(workdir / "trajectory.json", result)
+    result["figures"] = [str(p) for p in figures.plot_trajectory(
+        curves, pathlib.Path(figures_dir) / f"{network}_trajectory",
+        title=f"{network}: sharpness along training (Figure 6)", phi_label=phi_label(settings))]
+    return result
+
+
+def main(argv):
+    from absl import flags
+
+    from keras_sharpness.errors import UserError
+    from keras_sharpness.experiments.flags import common_from_flags
+    from keras_sharpness.training import resolve_batch_size
+
+    del argv
+    FLAGS = flags.FLAGS
+    common = common_from_flags(FLAGS, "trajectory")
+    if FLAGS.every < 1 or FLAGS.epochs < FLAGS.every:
+        raise UserError("--every must be at least 1 and at most --epochs")
+    n = common["data"].info.train_size
+    kw = common["training_kwargs"]
+    result = run(common["data"], common["network"], common["workdir"],
+                 dataset=common["dataset"], epochs=FLAGS.epochs, every=FLAGS.every,
+                 settings=common["settings"],
+                 sb_batch_size=resolve_batch_size(kw["sb_batch_size"], n),
+                 lb_batch_size=resolve_batch_size(kw["lb_batch_size"], n),
+                 figures_dir=common["figures_dir"], seed=FLAGS.seed, verbose=common["verbose"])
+    print(f"wrote {common['workdir'] / 'trajectory.json'} and {', '.join(result['figures'])}")
+
+
+if __name__ == "__main__":
+    from keras_sharpness.cli import quiet_tensorflow, run as run_app
+
+    quiet_tensorflow()
+    from absl import flags
+
+    from keras_sharpness.experiments.flags import define_common_flags
+
+    define_common_flags()
+    flags.DEFINE_integer("every", 5, "Measure every k-th epoch's iterate.")
+    flags.FLAGS.set_default("subspace_dims", ["0"])
+    flags.FLAGS.set_default("eps", ["1e-3"])
+    run_app(main)

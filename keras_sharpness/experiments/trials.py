@@ -1,0 +1,204 @@
+"""Tables 2, 3 and 4: N trials of SB and LB, accuracy and sharpness, mean ± std.
+
+Trial t (seed t) trains SB and LB from its own random x0 in
+``<workdir>/trial<t>/`` (`keras_sharpness.training.train_sb_lb`), then
+measures accuracy on the whole splits and Metric 2.1 for every eps, in the
+full space (Table 3) and in a random subspace (Table 4). Finished trainings
+and measurements are reused when the command runs again.
+
+    python -m keras_sharpness.experiments.trials --network=F1 \
+        --dataset=npz:../shared/data/mnist-t10k-split.npz --trials=5
+
+Writes ``<workdir>/tables.json`` and ``<workdir>/tables.md``.
+"""
+
+import pathlib
+import time
+
+from keras_sharpness import io, reports
+from keras_sharpness.experiments.measure import (
+    MeasureSettings,
+    accuracy_and_loss,
+    cached,
+    sharpness_records,
+    weight_distance,
+)
+
+
+def run_trial(data, network, trial_dir, *, dataset, seed, settings, training_kwargs,
+              verbose=1):
+    """Trains SB/LB for one seed (or reuses them) and measures both.
+
+    Returns:
+        dict: ``seed``, ``sb``/``lb`` (accuracy, loss, ``sharpness`` records),
+        ``distance_ratio`` = ||x_SB - x0|| / ||x_LB - x0||, ``seconds``.
+    """
+    from keras_sharpness.training import train_sb_lb
+
+    trial_dir = pathlib.Path(trial_dir)
+    started = time.time()
+    models = train_sb_lb(data, network, trial_dir, dataset=dataset, seed=seed,
+                         bn_mode=settings.bn_mode, verbose=verbose, **training_kwargs)
+    key = {"settings": settings.to_dict(), "run": _identity(models["record"])}
+
+    def measure():
+        out = {"seed": seed}
+        for name in ("sb", "lb"):
+            if verbose:
+                print(f"trial {seed}: measuring {name.upper()}", flush=True)
+            out[name] = {**accuracy_and_loss(models[name], data, settings),
+                         "sharpness": sharpness_records(models[name], data, settings)}
+        out["distance_ratio"] = (weight_distance(models["sb"], models["x0"])
+                                 / max(weight_distance(models["lb"], models["x0"]), 1e-300))
+        out["batch_sizes"] = {"sb": models["record"]["sb_batch_size"],
+                              "lb": models["record"]["lb_batch_size"]}
+        out["epochs"] = {name: len(_history(trial_dir / f"{name}_history.json"))
+                         for name in ("sb", "lb")}
+        return out
+
+    result = cached(trial_dir / "measurements.json", key, measure)
+    result["seconds"] = time.time() - started
+    return result
+
+
+def _identity(record):
+    return {k: record.get(k) for k in ("network", "dataset", "seed", "sb_batch_size",
+                                         "lb_batch_size", "epochs", "until_converged",
+                                         "patience", "min_delta", "max_epochs",
+                                         "train_size", "test_size")}
+
+
+def _history(path):
+    from keras_sharpness.training import read_history
+
+    return read_history(path)
+
+
+def _phi(trial, name, p, eps):
+    for r in trial[name]["sharpness"]:
+        if r["subspace_dim"] == p and abs(r["eps"] - eps) <= 1e-12 * max(1.0, eps):
+            return r["phi"]
+    return None
+
+
+def tables(trials, network, settings):
+    """Tables 2-4 from per-trial measurements, as JSON-ready dicts and Markdown.
+
+    Returns:
+        ``(data, markdown)``: `data` has ``table2``, ``table3``, ``table4``,
+        ``distance_ratio`` (each a mean/std/n/values summary) and the
+        paper's numbers where the network is one of the paper's.
+    """
+    data = {"network": network, "trials": len(trials), "settings": settings.to_dict()}
+    t2 = {f"{split}_{name}": reports.summarize([100 * t[name][f"{split}_acc"] for t in trials])
+          for split in ("train", "test") for name in ("sb", "lb")}
+    data["table2"] = t2
+    for table, p in (("table3", 0), ("table4", 100 if 100 in settings.subspace_dims else None)):
+        if p is None or p not in settings.subspace_dims:
+            continue
+        data[table] = {str(e): {name: reports.summarize([_phi(t, name, p, e) for t in trials])
+                                for name in ("sb", "lb")} for e in settings.eps}
+    other = [p for p in settings.subspace_dims if p not in (0, 100)]
+    for p in other:
+        data[f"subspace_{p}"] = {str(e): {name: reports.summarize([_phi(t, name, p, e) for t in trials])
+                                          for name in ("sb", "lb")} for e in settings.eps}
+    data["distance_ratio"] = reports.summarize([t["distance_ratio"] for t in trials])
+    data["paper"] = {"table2": reports.PAPER_TABLE2.get(network),
+                     "table3": {str(k): v for k, v in reports.PAPER_TABLE3.get(network, {}).items()},
+                     "table4": {str(k): v for k, v in reports.PAPER_TABLE4.get(network, {}).items()}}
+    return data, markdown(data, network)
+
+
+def _cell(summary):
+    return reports.format_mean_std(summary["mean"], summary["std"])
+
+
+def _paper_cell(pair):
+    return "–" if pair is None else reports.format_mean_std(*pair)
+
+
+def markdown(data, network):
+    """The three tables in Markdown, our row beside the paper's."""
+    n = data["trials"]
+    out = [f"### Table 2: accuracy % ({network}, mean ± std of {n} trials)", ""]
+    t2, p2 = data["table2"], data["paper"]["table2"]
+    cols = ("train_sb", "train_lb", "test_sb", "test_lb")
+    rows = [["ours"] + [_cell(t2[c]) for c in cols]]
+    if p2:
+        rows.append(["paper"] + [_paper_cell(p2[c]) for c in cols])
+    out += [reports.markdown_table(["", "train SB", "train LB", "test SB", "test LB"], rows), ""]
+    for table, title in (("table3", "Table 3: sharpness, full space"),
+                         ("table4", "Table 4: sharpness, random 100-dim subspace")):
+        if table not in data:
+            continue
+        eps = list(data[table])
+        header = [""] + [f"eps={e} {m}" for e in eps for m in ("SB", "LB")]
+        rows = [["ours"] + [_cell(data[table][e][m]) for e in eps for m in ("sb", "lb")]]
+        paper = data["paper"][table]
+        if paper:
+            rows.append(["paper"] + [_paper_cell(paper.get(str(float(e)), {}).get(m))
+                                     for e in eps for m in ("sb", "lb")])
+        out += [f"### {title} ({network})", "", reports.markdown_table(header, rows), ""]
+    d = data["distance_ratio"]
+    out.append(f"||x_SB - x0|| / ||x_LB - x0|| = {_cell(d)} (paper: between 3 and 10)")
+    return "\n".join(out) + "\n"
+
+
+def run(data, network, workdir, *, dataset, trials=5, settings=None, training_kwargs=None,
+        verbose=1):
+    """Runs (or resumes) `trials` trials and writes ``tables.json`` / ``tables.md``.
+
+    Returns:
+        ``(tables_data, markdown)``.
+    """
+    settings = settings or MeasureSettings()
+    training_kwargs = dict(training_kwargs or {})
+    workdir = pathlib.Path(workdir)
+    started = time.time()
+    results = []
+    for seed in range(int(trials)):
+        if verbose:
+            print(f"=== trial {seed + 1}/{trials} (seed {seed}) ===", flush=True)
+        results.append(run_trial(data, network, workdir / f"trial{seed}", dataset=dataset,
+                                 seed=seed, settings=settings,
+                                 training_kwargs=training_kwargs, verbose=verbose))
+    table_data, text = tables(results, network, settings)
+    table_data.update({"dataset": dataset, "data": data.info.to_dict(),
+                       "training": training_kwargs, "per_trial": results,
+                       "seconds": time.time() - started, "versions": io.versions()})
+    io.write_json(workdir / "tables.json", table_data)
+    (workdir / "tables.md").write_text(text)
+    return table_data, text
+
+
+def main(argv):
+    from absl import flags
+
+    del argv
+    FLAGS = flags.FLAGS
+    from keras_sharpness.experiments.flags import common_from_flags
+
+    common = common_from_flags(FLAGS, "trials")
+    if FLAGS.trials < 1:
+        from keras_sharpness.errors import UserError
+
+        raise UserError(f"--trials must be at least 1, got {FLAGS.trials}")
+    _, text = run(common["data"], common["network"], common["workdir"],
+                  dataset=common["dataset"], trials=FLAGS.trials,
+                  settings=common["settings"], training_kwargs=common["training_kwargs"],
+                  verbose=common["verbose"])
+    print(text)
+    print(f"wrote {common['workdir'] / 'tables.json'} and tables.md")
+
+
+if __name__ == "__main__":
+    from keras_sharpness.cli import quiet_tensorflow, run as run_app
+
+    quiet_tensorflow()
+    from absl import flags
+
+    from keras_sharpness.experiments.flags import define_common_flags
+
+    define_common_flags()
+    flags.DEFINE_integer("trials", 5, "Number of trials (seeds 0..N-1).")
+    run_app(main)

@@ -1,0 +1,119 @@
+"""Figure 5: LB training warm-started from SB iterates ("piggybacking").
+
+SB (Adam, ``--sb_batch_size``) trains for ``--sb_epochs`` from x0, keeping
+every ``--every``-th epoch's iterate; from each iterate LB trains for
+``--lb_epochs``. Plotted against the SB epoch it started from: the SB
+iterate's test accuracy, the LB solution's test accuracy and its sharpness.
+
+    python -m keras_sharpness.experiments.warm_start -n F1 \
+        --dataset=npz:../shared/data/mnist-t10k-split.npz --sb_epochs=100 --lb_epochs=100 --every=1
+
+Writes ``<workdir>/warm_start.json`` and ``<figures_dir>/<network>_warm_start.{pdf,png}``.
+"""
+
+import pathlib
+import time
+
+from keras_sharpness import io
+from keras_sharpness.experiments import figures
+from keras_sharpness.experiments.batch_sweep import phi_label
+from keras_sharpness.experiments.measure import (
+    SaveEvery,
+    accuracy_and_loss,
+    cached,
+    claim_workdir,
+    sharpness_records,
+    train_or_reuse,
+)
+
+
+def run(data, network, workdir, *, dataset, sb_epochs, lb_epochs, every, settings,
+        sb_batch_size, lb_batch_size, figures_dir="Figures", seed=0, verbose=1):
+    """Runs (or resumes) the warm-start experiment; returns the JSON-ready dict."""
+    from keras_sharpness.training import initial_point
+
+    workdir = pathlib.Path(workdir)
+    started = time.time()
+    claim_workdir(workdir, {"experiment": "warm_start", "network": network, "dataset": dataset,
+                            "seed": seed, "sb_epochs": sb_epochs, "lb_epochs": lb_epochs,
+                            "every": every, "sb_batch_size": sb_batch_size,
+                            "lb_batch_size": lb_batch_size})
+    x0 = initial_point(workdir / "x0.keras", network, data.info, seed=seed,
+                       bn_mode=settings.bn_mode)
+    iterates = workdir / "sb_iterates"
+    save = SaveEvery(every, iterates / "epoch{epoch:03d}.keras", first=True)
+    train_or_reuse(x0, network, data, workdir / "sb.keras", batch_size=sb_batch_size,
+                   seed=seed, bn_mode=settings.bn_mode, training_kwargs={"epochs": sb_epochs},
+                   run_name="SB", callbacks=(save,), verbose=verbose)
+    starts = list(range(0, sb_epochs + 1, every))
+    points = []
+    for epoch in starts:
+        sb_model = io.load_model(iterates / f"epoch{epoch:03d}.keras")
+        lb_model = train_or_reuse(sb_model, network, data, workdir / f"lb_from{epoch:03d}.keras",
+                                  batch_size=lb_batch_size, seed=seed, bn_mode=settings.bn_mode,
+                                  training_kwargs={"epochs": lb_epochs},
+                                  run_name=f"LB from SB epoch {epoch}", verbose=verbose)
+        key = {"epoch": epoch, "settings": settings.to_dict()}
+        measured = cached(workdir / f"from{epoch:03d}_measurements.json", key, lambda: {
+            "sb": accuracy_and_loss(sb_model, data, settings),
+            "lb": {**accuracy_and_loss(lb_model, data, settings),
+                   "sharpness": sharpness_records(lb_model, data, settings)}})
+        points.append({"sb_epoch": epoch, **measured})
+        if verbose:
+            print(f"from SB epoch {epoch}: SB test {100 * measured['sb']['test_acc']:.2f}%, "
+                  f"LB test {100 * measured['lb']['test_acc']:.2f}%, "
+                  f"LB phi {measured['lb']['sharpness'][0]['phi']:.4g}", flush=True)
+    result = {"network": network, "dataset": dataset, "seed": seed, "sb_epochs": sb_epochs,
+              "lb_epochs": lb_epochs, "every": every, "sb_batch_size": sb_batch_size,
+              "lb_batch_size": lb_batch_size, "start_epochs": starts,
+              "sb_test_acc": [p["sb"]["test_acc"] for p in points],
+              "lb_test_acc": [p["lb"]["test_acc"] for p in points],
+              "lb_sharpness": [p["lb"]["sharpness"][0]["phi"] for p in points],
+              "points": points, "settings": settings.to_dict(),
+              "seconds": time.time() - started, "versions": io.versions()}
+    io.write_json(workdir / "warm_start.json", result)
+    result["figures"] = [str(p) for p in figures.plot_warm_start(
+        starts, result["sb_test_acc"], result["lb_test_acc"], result["lb_sharpness"],
+        pathlib.Path(figures_dir) / f"{network}_warm_start",
+        title=f"{network}: LB warm-started from SB (Figure 5)", phi_label=phi_label(settings))]
+    return result
+
+
+def main(argv):
+    from absl import flags
+
+    from keras_sharpness.errors import UserError
+    from keras_sharpness.experiments.flags import common_from_flags
+    from keras_sharpness.training import resolve_batch_size
+
+    del argv
+    FLAGS = flags.FLAGS
+    common = common_from_flags(FLAGS, "warm_start")
+    if FLAGS.every < 1 or FLAGS.sb_epochs < 1 or FLAGS.lb_epochs < 1:
+        raise UserError("--every, --sb_epochs and --lb_epochs must be at least 1")
+    n = common["data"].info.train_size
+    kw = common["training_kwargs"]
+    result = run(common["data"], common["network"], common["workdir"],
+                 dataset=common["dataset"], sb_epochs=FLAGS.sb_epochs,
+                 lb_epochs=FLAGS.lb_epochs, every=FLAGS.every, settings=common["settings"],
+                 sb_batch_size=resolve_batch_size(kw["sb_batch_size"], n),
+                 lb_batch_size=resolve_batch_size(kw["lb_batch_size"], n),
+                 figures_dir=common["figures_dir"], seed=FLAGS.seed, verbose=common["verbose"])
+    print(f"wrote {common['workdir'] / 'warm_start.json'} and {', '.join(result['figures'])}")
+
+
+if __name__ == "__main__":
+    from keras_sharpness.cli import quiet_tensorflow, run as run_app
+
+    quiet_tensorflow()
+    from absl import flags
+
+    from keras_sharpness.experiments.flags import define_common_flags
+
+    define_common_flags()
+    flags.DEFINE_integer("sb_epochs", 100, "SB epochs (paper: 100).")
+    flags.DEFINE_integer("lb_epochs", 100, "LB epochs from each iterate (paper: 100).")
+    flags.DEFINE_integer("every", 1, "Keep every k-th SB epoch's iterate (paper: 1).")
+    flags.FLAGS.set_default("subspace_dims", ["0"])
+    flags.FLAGS.set_default("eps", ["1e-3"])
+    run_app(main)

@@ -1,0 +1,124 @@
+"""The paper's experiments end to end on tiny data: files, keys, resume."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from keras_sharpness.data import ArrayData
+from keras_sharpness.experiments import batch_sweep, trajectory, trials, warm_start
+from keras_sharpness.experiments.measure import MeasureSettings
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    rng = np.random.default_rng(0)
+    x = rng.random((96, 4, 4, 1), dtype=np.float32)
+    y = (x.reshape(96, -1).sum(axis=1) > 8).astype(np.int64)
+    return ArrayData.from_arrays(x[:64], y[:64], x[64:], y[64:], name="tiny")
+
+
+SETTINGS = MeasureSettings(eps=(1e-3, 5e-4), subspace_dims=(0, 100), maxiter=2,
+                           eval_batch_size=32)
+TRAINING = dict(sb_batch_size=8, lb_batch_size=32, epochs=1)
+
+
+def test_trials_tables_and_resume(tiny, tmp_path, monkeypatch):
+    data, text = trials.run(tiny, "F1", tmp_path, dataset="tiny", trials=2,
+                            settings=SETTINGS, training_kwargs=TRAINING, verbose=0)
+    assert (tmp_path / "tables.md").read_text() == text
+    stored = json.loads((tmp_path / "tables.json").read_text())
+    assert stored["table2"]["test_sb"]["n"] == 2
+    assert set(stored["table3"]) == {"0.001", "0.0005"}
+    assert set(stored["table4"]["0.001"]) == {"sb", "lb"}
+    assert len(stored["per_trial"]) == 2
+    # Row formatting: mean ± std of the per-trial values, as numpy computes it.
+    values = stored["table3"]["0.001"]["lb"]["values"]
+    assert stored["table3"]["0.001"]["lb"]["mean"] == pytest.approx(np.mean(values))
+    assert stored["table3"]["0.001"]["lb"]["std"] == pytest.approx(np.std(values, ddof=1))
+    assert "| ours |" in text and "| paper | 99.66 ± 0.05" in text
+    assert " ± " in text.splitlines()[4]
+
+    # A finished trial is not run again: training and measuring are never called.
+    def forbidden(*args, **kwargs):
+        raise AssertionError("finished trial was recomputed")
+
+    monkeypatch.setattr("keras_sharpness.training.train_minimizer", forbidden)
+    monkeypatch.setattr("keras_sharpness.experiments.trials.sharpness_records", forbidden)
+    again, _ = trials.run(tiny, "F1", tmp_path, dataset="tiny", trials=2,
+                          settings=SETTINGS, training_kwargs=TRAINING, verbose=0)
+    assert again["table3"] == stored["table3"]
+
+
+def test_batch_sweep_files(tiny, tmp_path):
+    settings = MeasureSettings(eps=(1e-3,), subspace_dims=(0,), maxiter=2, eval_batch_size=32)
+    result = batch_sweep.run(tiny, "F1", tmp_path / "w", dataset="tiny", batch_sizes=[8, 32],
+                             settings=settings, training_kwargs={"epochs": 1},
+                             figures_dir=tmp_path / "fig", verbose=0)
+    stored = json.loads((tmp_path / "w" / "batch_sweep.json").read_text())
+    assert stored["batch_sizes"] == [8, 32]
+    assert len(stored["test_acc"]) == len(stored["sharpness"]) == 2
+    assert (tmp_path / "fig" / "F1_batch_sweep.png").stat().st_size > 0
+    assert (tmp_path / "fig" / "F1_batch_sweep.pdf").stat().st_size > 0
+    assert result["sharpness"][0] >= 0
+
+
+def test_warm_start_files(tiny, tmp_path):
+    settings = MeasureSettings(eps=(1e-3,), subspace_dims=(0,), maxiter=2, eval_batch_size=32)
+    result = warm_start.run(tiny, "F1", tmp_path / "w", dataset="tiny", sb_epochs=2,
+                            lb_epochs=1, every=1, settings=settings, sb_batch_size=8,
+                            lb_batch_size=32, figures_dir=tmp_path / "fig", verbose=0)
+    assert result["start_epochs"] == [0, 1, 2]
+    stored = json.loads((tmp_path / "w" / "warm_start.json").read_text())
+    for key in ("sb_test_acc", "lb_test_acc", "lb_sharpness"):
+        assert len(stored[key]) == 3
+    # The epoch-0 iterate is x0 itself.
+    x0 = (tmp_path / "w" / "x0.keras")
+    assert x0.is_file() and (tmp_path / "w" / "sb_iterates" / "epoch000.keras").is_file()
+    assert (tmp_path / "fig" / "F1_warm_start.png").is_file()
+
+
+def test_trajectory_files(tiny, tmp_path):
+    settings = MeasureSettings(eps=(1e-3,), subspace_dims=(0,), maxiter=2, eval_batch_size=32)
+    trajectory.run(tiny, "F1", tmp_path / "w", dataset="tiny", epochs=2, every=1,
+                   settings=settings, sb_batch_size=8, lb_batch_size=32,
+                   figures_dir=tmp_path / "fig", verbose=0)
+    stored = json.loads((tmp_path / "w" / "trajectory.json").read_text())
+    for name in ("sb", "lb"):
+        assert stored[name]["epochs"] == [1, 2]
+        assert len(stored[name]["train_loss"]) == len(stored[name]["sharpness"]) == 2
+    # The last saved iterate is the finished solution itself.
+    from keras_sharpness import io
+
+    last = io.load_model(tmp_path / "w" / "sb_iterates" / "epoch002.keras")
+    final = io.load_model(tmp_path / "w" / "sb.keras")
+    for a, b in zip(last.get_weights(), final.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert (tmp_path / "fig" / "F1_trajectory.pdf").is_file()
+
+
+def test_workdir_of_other_flags_is_refused(tiny, tmp_path):
+    from keras_sharpness.errors import CheckpointError
+
+    settings = MeasureSettings(eps=(1e-3,), subspace_dims=(0,), maxiter=1, eval_batch_size=32)
+    kwargs = dict(dataset="tiny", settings=settings, figures_dir=tmp_path / "fig", verbose=0)
+    batch_sweep.run(tiny, "F1", tmp_path, batch_sizes=[32], training_kwargs={"epochs": 1}, **kwargs)
+    with pytest.raises(CheckpointError, match="other flags"):
+        batch_sweep.run(tiny, "F1", tmp_path, batch_sizes=[32], training_kwargs={"epochs": 2},
+                        **kwargs)
+
+
+@pytest.mark.parametrize("module, args, message", [
+    ("trials", ["-n", "C9"], "unknown network"),
+    ("trials", ["-n", "F1", "--dataset=digits", "--trials=0"], "--trials"),
+    ("batch_sweep", ["-n", "F1", "--dataset=digits", "--eps=-1"], "eps"),
+    ("warm_start", ["-n", "F1", "--dataset=nowhere"], "unknown data source"),
+])
+def test_bad_flags_are_one_line_errors(module, args, message, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", f"keras_sharpness.experiments.{module}", *args,
+                           f"--workdir={tmp_path}"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], proc.stderr
