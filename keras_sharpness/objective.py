@@ -81,8 +81,9 @@ def _clone_with_bn_mode(model, bn_mode):
     if bn_mode is not None:
         set_bn_mode(clone, bn_mode)
     for layer in batchnorm_layers(clone):
-        if not layer.synchronized:
-            layer._moments = functools.partial(_exact_moments, layer)
+        # The objective evaluates on one device, where synchronized moments
+        # are the local ones.
+        layer._moments = functools.partial(_exact_moments, layer)
     return clone
 
 

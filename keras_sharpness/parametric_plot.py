@@ -1,0 +1,126 @@
+"""The released experiment end to end: train SB and LB, sweep the path, plot.
+
+`run` is what ``plot_parametric_plot.py`` calls with its flags; it is also the
+function to call from Python. Outputs (see ``docs/parametric_plot.md``):
+
+* ``<workdir>/``: ``x0.keras``, ``sb.keras``, ``lb.keras``, ``sb_history.json``,
+  ``lb_history.json``, ``run.json``, ``parametric.json`` (and ``backups/``
+  while a training run is unfinished);
+* ``<figures_dir>/<network>.pdf`` and ``.png``.
+"""
+
+import pathlib
+
+from keras_sharpness.errors import UserError
+
+
+def default_dataset(network):
+    """The paper's data set for `network`, or a `UserError` saying what to pass."""
+    from keras_sharpness.networks import DEFAULT_DATASET
+
+    source = DEFAULT_DATASET[network]
+    if source is None:
+        raise UserError(f"network {network} has no default data set (TIMIT is licensed); "
+                        f"pass --dataset=npz:PATH with 360-dim features and 1973 classes")
+    return source
+
+
+def run(network, *, dataset=None, data_dir=None, train_size=None, test_size=None,
+        sb_batch_size=256, lb_batch_size=5000, epochs=20, until_converged=False,
+        patience=5, min_delta=1e-4, max_epochs=500, strategy="default",
+        accumulation_steps=1, num_points=25, alpha_min=-1.0, alpha_max=2.0,
+        curve="linear", bn_eval="batch", eval_batch_size=1000, workdir=None,
+        figures_dir="Figures", seed=0, verbose=1):
+    """Trains (or reuses) SB and LB from one x0, sweeps alpha, writes JSON and figures.
+
+    Args:
+        network: ``F1``, ``F2``, ``C1``..``C4`` (case-insensitive).
+        dataset: data source (`keras_sharpness.data.load_arrays`); None for the
+            network's paper data set.
+        data_dir: TensorFlow Datasets directory.
+        train_size, test_size: seeded subsets (None: whole splits).
+        sb_batch_size, lb_batch_size: samples, or fractions (< 1) of the
+            training set.
+        epochs, until_converged, patience, min_delta, max_epochs, strategy,
+            accumulation_steps: see `keras_sharpness.training.train_sb_lb`.
+        num_points, alpha_min, alpha_max, curve, bn_eval, eval_batch_size: see
+            `keras_sharpness.parametric.parametric_curve` (``bn_eval`` is its
+            ``bn_semantics``).
+        workdir: checkpoints and JSON; None for ``runs/<network>``.
+        figures_dir: where ``<network>.pdf`` / ``.png`` go.
+        seed: x0, data order, dropout and subsets.
+        verbose: 0 silent, 1 progress bars and one line per alpha, 2 one line
+            per epoch.
+
+    Returns:
+        dict with ``result`` (`ParametricResult`), ``json``, ``pdf``, ``png``.
+
+    Raises:
+        UserError: any bad input, in one line, before training starts where
+            it can be known then.
+    """
+    from keras_sharpness import data as data_lib
+    from keras_sharpness import parametric, plotting, training
+    from keras_sharpness.networks import check_network
+
+    network = check_network(network)
+    parametric.check_path_arguments(num_points, alpha_min, alpha_max, curve, bn_eval)
+    if strategy not in training.STRATEGIES:
+        raise UserError(f"unknown strategy {strategy!r}; choose one of "
+                        f"{', '.join(training.STRATEGIES)}")
+    if int(accumulation_steps) < 1:
+        raise UserError(f"accumulation_steps must be at least 1, got {accumulation_steps}")
+    if int(eval_batch_size) < 1:
+        raise UserError(f"eval_batch_size must be at least 1, got {eval_batch_size}")
+    if until_converged and (int(patience) < 1 or int(max_epochs) < 1):
+        raise UserError("patience and max_epochs must be at least 1")
+    if not until_converged and int(epochs) < 1:
+        raise UserError(f"epochs must be at least 1, got {epochs}")
+    dataset = default_dataset(network) if dataset is None else dataset
+    workdir = pathlib.Path(workdir) if workdir else pathlib.Path("runs") / network
+
+    training.make_deterministic(seed)
+    data = data_lib.load_arrays(dataset, data_dir=data_dir, train_size=train_size,
+                                test_size=test_size, seed=seed)
+    models = training.train_sb_lb(
+        data, network, workdir, dataset=dataset, data_dir=data_dir,
+        sb_batch_size=sb_batch_size, lb_batch_size=lb_batch_size, epochs=epochs,
+        until_converged=until_converged, patience=patience, min_delta=min_delta,
+        max_epochs=max_epochs, seed=seed, strategy=strategy,
+        accumulation_steps=accumulation_steps, train_size=train_size,
+        test_size=test_size, verbose=verbose)
+
+    if verbose:
+        print(f"parametric plot: {num_points} points, alpha in [{alpha_min:g}, "
+              f"{alpha_max:g}], {curve} path, BN {bn_eval}", flush=True)
+    result = parametric.parametric_curve(
+        models["sb"], models["lb"], data, num_points=num_points, alpha_min=alpha_min,
+        alpha_max=alpha_max, curve=curve, bn_semantics=bn_eval,
+        batch_size=eval_batch_size, verbose=bool(verbose))
+    record = models["record"]
+    flags = {
+        "network": network, "dataset": record["dataset"], "data_dir": record["data_dir"],
+        "train_size": train_size, "test_size": test_size,
+        "sb_batch_size": record["sb_batch_size"], "lb_batch_size": record["lb_batch_size"],
+        "epochs": epochs, "until_converged": until_converged, "patience": patience,
+        "min_delta": min_delta, "max_epochs": max_epochs, "strategy": strategy,
+        "accumulation_steps": accumulation_steps, "num_points": num_points,
+        "alpha_min": alpha_min, "alpha_max": alpha_max, "curve": curve,
+        "bn_eval": bn_eval, "eval_batch_size": eval_batch_size,
+        "workdir": str(workdir), "figures_dir": str(figures_dir), "seed": seed,
+    }
+    json_path = workdir / "parametric.json"
+    sb_epochs = len(training.read_history(workdir / "sb_history.json"))
+    lb_epochs = len(training.read_history(workdir / "lb_history.json"))
+    parametric.write_parametric_json(
+        result, json_path, network=network, dataset=record["dataset"], seed=seed,
+        data=data.info.to_dict(), flags=flags,
+        trained_epochs={"sb": sb_epochs, "lb": lb_epochs})
+    data_name = pathlib.Path(str(data.info.name).split(":", 1)[-1]).name or data.info.name
+    title = (f"{network} on {data_name}: SB {record['sb_batch_size']} vs "
+             f"LB {record['lb_batch_size']} (BN: {bn_eval})")
+    pdf, png = plotting.plot_parametric(result, pathlib.Path(figures_dir) / network,
+                                        title=title)
+    if verbose:
+        print(f"wrote {json_path}, {pdf}, {png}", flush=True)
+    return {"result": result, "json": json_path, "pdf": pdf, "png": png}

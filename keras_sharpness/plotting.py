@@ -1,0 +1,62 @@
+"""Figures. Matplotlib with the non-interactive Agg backend (no display needed)."""
+
+import pathlib
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_parametric(result, out_stem, *, title=None):
+    """Draws the parametric plot of the original code and saves PDF and PNG.
+
+    Cross-entropy on a logarithmic left axis (blue), accuracy in % on the right
+    axis (red); training data solid, test data dashed, as in the released
+    ``plot_parametric_plot.py``.
+
+    Args:
+        result: `keras_sharpness.parametric.ParametricResult` (or a dict with
+            the same keys, e.g. a loaded ``parametric.json``).
+        out_stem: path without suffix, e.g. ``Figures/F1``; ``.pdf`` and
+            ``.png`` are written next to each other.
+        title: figure title; None for one naming the curve and BN semantics.
+
+    Returns:
+        The two paths written, (pdf, png).
+    """
+    plt = _pyplot()
+    r = result if isinstance(result, dict) else result.to_dict()
+    out_stem = pathlib.Path(out_stem)
+    out_stem.parent.mkdir(parents=True, exist_ok=True)
+
+    fig, ax1 = plt.subplots(figsize=(6.4, 4.8))
+    ax2 = ax1.twinx()
+    ax1.semilogy(r["alphas"], r["train_loss"], "b-", label="Train")
+    ax1.semilogy(r["alphas"], r["test_loss"], "b--", label="Test")
+    ax2.plot(r["alphas"], [100.0 * a for a in r["train_acc"]], "r-")
+    ax2.plot(r["alphas"], [100.0 * a for a in r["test_acc"]], "r--")
+    for x in (0.0, 1.0):
+        if min(r["alphas"]) <= x <= max(r["alphas"]):
+            ax1.axvline(x, color="0.7", linewidth=0.8, zorder=0)
+    ax1.set_xlabel(r"$\alpha$" + ("  (0: SB, 1: LB)" if r.get("curve") != "sin"
+                                  else r"  (sin/cos path; 0: SB, 1: LB)"))
+    ax1.set_ylabel("Cross Entropy", color="b")
+    ax2.set_ylabel("Accuracy (%)", color="r")
+    ax1.tick_params(axis="y", colors="b")
+    ax2.tick_params(axis="y", colors="r")
+    ax1.legend(loc="best")
+    ax1.grid(True, which="both", alpha=0.3)
+    if title is None:
+        title = f"{r.get('curve', 'linear')} path, BN: {r.get('bn_semantics', '?')}"
+    ax1.set_title(title, fontsize=10)
+    fig.tight_layout()
+    pdf, png = out_stem.with_suffix(".pdf"), out_stem.with_suffix(".png")
+    fig.savefig(pdf)
+    fig.savefig(png, dpi=150)
+    plt.close(fig)
+    return pdf, png

@@ -1,0 +1,291 @@
+"""What `compute_sharpness.py` does: sharpness and Hessian spectra of saved minimizers.
+
+Plain functions with explicit arguments; the entry point only reads flags.
+Each (model, eps) pair gives one record in ``sharpness.json``; the file is
+rewritten after every record, so an interrupted run keeps what it finished,
+and a rerun with the same settings reuses those records (``overwrite=False``)
+as long as the checkpoint file is unchanged (its SHA-256 is recorded).
+"""
+
+import hashlib
+import math
+import pathlib
+import time
+
+from keras_sharpness.errors import UserError
+
+#: BN evaluation choices: the two modes, or the mode the model was saved with.
+BN_EVAL_CHOICES = ("batch", "moving", "model")
+
+#: Settings that identify a record: a rerun with the same ones reuses it.
+_RECORD_KEY = ("model", "checkpoint_sha256", "eps", "subspace_dim", "maxiter", "seed",
+               "start", "bn_eval", "batch_size", "num_samples")
+
+
+def parse_eps(values):
+    """Floats from ``--eps`` values, each one number or a comma-separated list.
+
+    Raises:
+        UserError: a value that is not a finite number > 0, or none at all.
+    """
+    from keras_sharpness.sharpness import check_settings
+
+    eps = []
+    for value in values or ():
+        for item in str(value).split(","):
+            item = item.strip()
+            if not item:
+                continue
+            try:
+                number = float(item)
+            except ValueError:
+                raise UserError(f"eps must be a number > 0, got {item!r}") from None
+            check_settings(number, 0, 1, "zero")
+            eps.append(number)
+    if not eps:
+        raise UserError("give at least one --eps value")
+    return sorted(set(eps), reverse=True)
+
+
+def locate_models(*, workdir=None, model=None, dataset=None, data_dir=None, output=None):
+    """Which checkpoints to evaluate, on which data, and where the report goes.
+
+    Either ``workdir`` (holding ``sb.keras``, ``lb.keras`` and the
+    ``run.json`` of the run that trained them) or ``model`` with ``dataset``.
+
+    Returns:
+        A dict with ``models`` (list of ``(label, path)``), ``network``,
+        ``data`` (keyword arguments for `keras_sharpness.data.load_arrays`)
+        and ``output`` (path of the JSON report).
+
+    Raises:
+        UserError: both or neither of workdir/model, missing files, no dataset.
+    """
+    from keras_sharpness.io import read_json
+
+    if (workdir is None) == (model is None):
+        raise UserError("give either --workdir (a run with sb.keras and lb.keras) or "
+                        "--model PATH.keras with --dataset")
+    if workdir is not None:
+        workdir = pathlib.Path(workdir)
+        if not workdir.is_dir():
+            raise UserError(f"workdir {workdir} does not exist")
+        missing = [name for name in ("sb.keras", "lb.keras") if not (workdir / name).is_file()]
+        if missing:
+            raise UserError(f"workdir {workdir} has no {' or '.join(missing)}; train the "
+                            f"minimizers first (plot_parametric_plot.py --workdir {workdir})")
+        run = read_json(workdir / "run.json")
+        if dataset is None:
+            dataset = run.get("dataset")
+        if data_dir is None:
+            data_dir = run.get("data_dir")
+        if not dataset:
+            raise UserError(f"{workdir / 'run.json'} records no dataset; pass --dataset")
+        data = {"source": dataset, "data_dir": data_dir}
+        # The training run may have used a seeded subset of the data set.
+        for key in ("train_size", "test_size"):
+            if run.get(key) is not None:
+                data[key] = int(run[key])
+        if "train_size" in data or "test_size" in data:
+            data["seed"] = int(run.get("data_seed", run.get("seed", 0)))
+        return {"models": [("SB", workdir / "sb.keras"), ("LB", workdir / "lb.keras")],
+                "network": run.get("network", "?"), "data": data,
+                "output": pathlib.Path(output) if output else workdir / "sharpness.json"}
+    model = pathlib.Path(model)
+    if not model.is_file():
+        raise UserError(f"checkpoint {model} does not exist")
+    if not dataset:
+        raise UserError("--model needs --dataset (the data set the model was trained on)")
+    default_output = model.with_name(f"{model.stem}.sharpness.json")
+    return {"models": [(model.stem, model)], "network": None,
+            "data": {"source": dataset, "data_dir": data_dir},
+            "output": pathlib.Path(output) if output else default_output}
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _key(record):
+    return tuple(record.get(k) for k in _RECORD_KEY)
+
+
+def _read_records(path):
+    from keras_sharpness.io import read_json
+
+    if not pathlib.Path(path).is_file():
+        return []
+    records = read_json(path)
+    if not isinstance(records, list):
+        raise UserError(f"{path} is not a list of sharpness records; move it away")
+    return records
+
+
+def compute(*, models, data, network, output, eps, subspace_dim=0, maxiter=10, seed=0,
+            start="zero", bn_eval="batch", batch_size=1000, num_samples=None,
+            hessian_topk=0, overwrite=False, echo=print):
+    """Sharpness (and optionally Hessian eigenvalues) of each model at each eps.
+
+    Args:
+        models: list of ``(label, checkpoint path)``.
+        data: keyword arguments for `keras_sharpness.data.load_arrays`; f is
+            the mean cross-entropy over its training split.
+        network: network name for the table (None: each model's name).
+        output: path of the JSON report (a list of records).
+        eps: list of box scales.
+        subspace_dim, maxiter, seed, start: as `keras_sharpness.sharpness.sharpness`.
+        bn_eval: ``"batch"``, ``"moving"`` or ``"model"`` (the saved mode).
+        batch_size: fixed batch size of f (part of f's definition in batch mode).
+        num_samples: seeded subset of the training set (None: all of it).
+        hessian_topk: number of top Hessian eigenvalues (0: skip).
+        overwrite: recompute records that the report already holds.
+        echo: where progress and the table go (one line per call).
+
+    Returns:
+        The list of records computed or reused by this call.
+    """
+    from keras_sharpness import data as data_lib
+    from keras_sharpness import hessian, io, sharpness
+    from keras_sharpness.objective import TrainingLoss
+
+    for value in eps:
+        sharpness.check_settings(value, subspace_dim, maxiter, start)
+    if bn_eval not in BN_EVAL_CHOICES:
+        raise UserError(f"unknown --bn_eval {bn_eval!r}; choose one of "
+                        f"{', '.join(BN_EVAL_CHOICES)}")
+    if int(hessian_topk) != hessian_topk or hessian_topk < 0:
+        raise UserError(f"hessian_topk must be 0 (skip) or a positive integer, "
+                        f"got {hessian_topk!r}")
+    if int(batch_size) != batch_size or batch_size < 1:
+        raise UserError(f"batch_size must be a positive integer, got {batch_size!r}")
+    # Fail on a bad checkpoint before the (possibly slow) data load.
+    loaded = [(label, path, io.load_model(path)) for label, path in models]
+    arrays = data_lib.load_arrays(**data)
+    all_records = _read_records(output)
+    existing = [] if overwrite else all_records
+    versions = io.versions()
+    done = []
+    # One A per number of weights (SB and LB share it): generated, and its
+    # A^T A formed, once for all models and eps.
+    subspaces = {}
+
+    for label, path, model in loaded:
+        digest = _sha256(path)
+        objective = TrainingLoss(
+            model, arrays.x_train, arrays.y_train,
+            bn_mode=None if bn_eval == "model" else bn_eval,
+            batch_size=int(batch_size), num_samples=num_samples, seed=seed)
+        sharpness.check_settings(eps[0], subspace_dim, maxiter, start, objective.num_params)
+        used_bn = objective.bn_mode or "none"
+        name = network or model.name
+        hessian_top = None
+        for value in eps:
+            record_key = {"model": label, "checkpoint_sha256": digest, "eps": value,
+                          "subspace_dim": int(subspace_dim), "maxiter": int(maxiter),
+                          "seed": int(seed), "start": start, "bn_eval": used_bn,
+                          "batch_size": int(batch_size), "num_samples": num_samples}
+            previous = [r for r in existing if _key(r) == _key(record_key)
+                        and (hessian_topk == 0 or len(r.get("hessian_top", [])) >= hessian_topk)]
+            if previous:
+                echo(f"{label} eps={value:g}: reusing the record in {output}")
+                done.append(previous[-1])
+                continue
+            if hessian_top is None:
+                hessian_top = []
+                if hessian_topk:
+                    echo(f"{label}: top {hessian_topk} Hessian eigenvalues (Lanczos)...")
+                    eig = hessian.top_eigenvalues(objective, int(hessian_topk), seed=seed)
+                    hessian_top = eig.eigenvalues
+                    echo(f"{label}: Hessian top {[f'{e:.4g}' for e in hessian_top]} "
+                         f"({eig.products} products, {eig.seconds:.1f}s"
+                         f"{'' if eig.converged else ', NOT converged'})")
+
+            def progress(p, label=label, value=value):
+                echo(f"{label} eps={value:g} iter {p.iteration}/{maxiter}: f={p.f:.6g} "
+                     f"fmax={p.fmax:.6g} phi={p.phi:.4g} evals={p.evaluations} "
+                     f"{p.seconds:.1f}s")
+
+            n = objective.num_params
+            if n not in subspaces:
+                subspaces[n] = sharpness.make_subspace(n, int(subspace_dim), int(seed))
+            result = sharpness.sharpness(objective, eps=value, subspace_dim=int(subspace_dim),
+                                         maxiter=int(maxiter), seed=int(seed), start=start,
+                                         subspace=subspaces[n], progress=progress)
+            record = {
+                **record_key,
+                "network": name,
+                "checkpoint": str(path),
+                "dataset": data["source"],
+                "f0": result.f0,
+                "fmax": result.fmax,
+                "sharpness": result.phi,
+                "iterations": result.iterations,
+                "evaluations": result.evaluations,
+                "seconds": result.seconds,
+                "hessian_top": list(hessian_top),
+                "num_params": result.num_params,
+                "num_train_samples": objective.num_samples,
+                "message": result.message,
+                "versions": versions,
+            }
+            echo(f"{label} eps={value:g}: phi={result.phi:.4g} (f0={result.f0:.4g}, "
+                 f"fmax={result.fmax:.4g}, {result.iterations} iterations, "
+                 f"{result.seconds:.1f}s)")
+            done.append(record)
+            all_records = [r for r in all_records if _key(r) != _key(record)] + [record]
+            io.write_json(output, all_records)
+    for line in format_table(done):
+        echo(line)
+    echo(f"wrote {output}")
+    return done
+
+
+def format_table(records):
+    """Table 3/4-style lines: network, space, eps, then one column per model."""
+    if not records:
+        return []
+    labels = list(dict.fromkeys(r["model"] for r in records))
+    rows = {}
+    for r in records:
+        row = (r.get("network", "?"), r["subspace_dim"], r["eps"])
+        rows.setdefault(row, {})[r["model"]] = r["sharpness"]
+    width = max(10, *(len(label) for label in labels))
+    lines = [f"{'network':<10} {'space':<8} {'eps':<8} "
+             + " ".join(f"{label:>{width}}" for label in labels)]
+    for (network, subspace_dim, value), cells in rows.items():
+        space = "full" if subspace_dim == 0 else f"p={subspace_dim}"
+        lines.append(f"{str(network):<10} {space:<8} {value:<8g} " + " ".join(
+            f"{_number(cells.get(label)):>{width}}" for label in labels))
+    hessians = {r["model"]: r.get("hessian_top") for r in records if r.get("hessian_top")}
+    for label, values in hessians.items():
+        lines.append(f"top Hessian eigenvalues {label}: "
+                     + ", ".join(f"{v:.4g}" for v in values))
+    first = records[0]
+    lines.append(f"(phi in %, Metric 2.1; BN at evaluation: {first['bn_eval']}; "
+                 f"start: {first['start']}; maxiter {first['maxiter']}; seed {first['seed']})")
+    return lines
+
+
+def _number(value):
+    if value is None:
+        return "-"
+    if not math.isfinite(value):
+        return str(value)
+    return f"{value:.4g}"
+
+
+def main(*, eps, workdir=None, model=None, dataset=None, data_dir=None, output=None,
+         **settings):
+    """`compute_sharpness.py`: parse, locate, compute, report."""
+    start_time = time.perf_counter()
+    eps = parse_eps(eps)
+    located = locate_models(workdir=workdir, model=model, dataset=dataset,
+                            data_dir=data_dir, output=output)
+    records = compute(models=located["models"], data=located["data"],
+                      network=located["network"], output=located["output"], eps=eps,
+                      **settings)
+    return records, time.perf_counter() - start_time

@@ -1,0 +1,604 @@
+"""Small-batch (SB) and large-batch (LB) training from one initial point x0.
+
+The released experiment of Keskar et al. (2017) saves an initial point x0,
+trains it with Adam (Keras defaults) at batch 256 (SB) and at batch 5000 (LB),
+and compares the two minimizers. This module does that with `keras.Model.fit`
+and its callbacks, and adds what a long run needs:
+
+* **Seeded data order.** Every epoch visits the training set in the order
+  ``np.random.default_rng([seed, epoch]).permutation(n)``: a function of the
+  seed and the epoch number alone, so a run resumed at epoch k sees exactly the
+  batches an uninterrupted run sees (`SeededBatches`). SB and LB use the same
+  seed, hence the same permutation of each epoch.
+* **Nothing lost.** ``BackupAndRestore`` writes the weights and optimizer state
+  after every epoch; a killed run restarted with the same arguments resumes at
+  the first unfinished epoch. Per-epoch history is written as JSON as it
+  grows. Finished models (``sb.keras``, ``lb.keras``) are reused.
+* **Non-finite loss** stops the run at once with `TrainingDivergedError` (a
+  `UserError`: one line from the entry points) and keeps the last good
+  per-epoch backup.
+* **Until converged.** With ``until_converged`` the run stops when the
+  training loss has not improved by more than ``min_delta`` for ``patience``
+  epochs (the paper: "until the loss ceased to improve"), at most
+  ``max_epochs``. The decision is a function of the saved history
+  (`converged`), so it survives a resume too.
+
+Large batches and BatchNorm
+---------------------------
+``strategy="default"``
+    One device. Every BN layer normalizes each training batch with that batch's
+    statistics (all ``batch_size`` samples).
+``strategy="mirrored"``
+    `tf.distribute.MirroredStrategy` over all visible GPUs (or, with no GPU,
+    all logical CPU devices). The global batch is split evenly over the
+    replicas; the network is built with *synchronized* BatchNorm, so BN sees the
+    statistics of the whole global batch, exactly as on one device.
+``strategy="multiworker"``
+    `tf.distribute.MultiWorkerMirroredStrategy`, configured by the ``TF_CONFIG``
+    environment variable (one process per machine, same command on each).
+    Synchronized BN as above. Only the chief writes files.
+``accumulation_steps=k`` (any strategy)
+    The optimizer (Keras 3 ``gradient_accumulation_steps``) averages the
+    gradients of k consecutive micro-batches of ``batch_size / k`` samples and
+    applies one Adam step: the same update as one batch of ``batch_size`` for
+    a network without BN, with the memory of a micro-batch. **BN, however,
+    sees only the micro-batch**: training-mode normalization (and so the
+    gradient) uses the statistics of ``batch_size / k`` samples, and the moving
+    statistics are updated k times per step. With BN the result is therefore
+    *not* the large-batch run of the paper; prefer ``mirrored`` when devices
+    allow. A final short batch is cut into k micro-batches weighted so the
+    average is still that batch's mean loss.
+
+The saved models are always the plain, unsynchronized network (weights only;
+no optimizer), whatever strategy trained them.
+"""
+
+import os
+import pathlib
+import time
+
+import numpy as np
+
+from keras_sharpness import io
+from keras_sharpness.errors import CheckpointError, UserError
+
+STRATEGIES = ("default", "mirrored", "multiworker")
+
+#: Keys of ``run.json`` that define which models a work directory holds; a
+#: later run must agree on all of them to reuse its checkpoints.
+IDENTITY_KEYS = ("network", "dataset", "seed", "train_size", "sb_batch_size",
+                 "lb_batch_size", "epochs", "until_converged", "patience",
+                 "min_delta", "max_epochs", "accumulation_steps")
+
+
+class TrainingDivergedError(UserError):
+    """The training loss became NaN or infinite."""
+
+
+# ------------------------------------------------------------------ set-up
+def make_deterministic(seed):
+    """Seeds Python, NumPy, TensorFlow and Keras and asks TF for deterministic ops."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(int(seed))
+    tf.config.experimental.enable_op_determinism()
+
+
+def resolve_batch_size(value, train_size, *, name="batch size"):
+    """A batch size in samples from a count (>= 1) or a fraction (< 1).
+
+    Args:
+        value: number of samples, or a fraction in (0, 1) of the training set
+            (the paper's LB is 10 % of the training set: ``0.1``).
+        train_size: number of training samples.
+        name: what to call it in error messages.
+
+    Returns:
+        The batch size as an int in [1, train_size].
+
+    Raises:
+        UserError: non-positive, fractional above 1, or larger than the data.
+    """
+    value = float(value)
+    if value <= 0:
+        raise UserError(f"{name} must be positive, got {value:g}")
+    if value < 1:
+        size = max(1, int(round(value * train_size)))
+    else:
+        if value != int(value):
+            raise UserError(f"{name} must be a whole number of samples or a "
+                            f"fraction below 1, got {value:g}")
+        size = int(value)
+    if size > train_size:
+        raise UserError(f"{name} {size} is larger than the training set "
+                        f"({train_size} samples); use at most {train_size} or a "
+                        f"fraction such as 0.1")
+    return size
+
+
+def make_strategy(name):
+    """The `tf.distribute.Strategy` called `name` (see the module docstring).
+
+    Raises:
+        UserError: unknown name, or ``multiworker`` without ``TF_CONFIG``.
+    """
+    import tensorflow as tf
+
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        if tf.config.list_logical_devices("GPU"):
+            return tf.distribute.MirroredStrategy()
+        cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(cpus)
+    if name == "multiworker":
+        if not os.environ.get("TF_CONFIG"):
+            raise UserError("--strategy=multiworker needs the TF_CONFIG environment "
+                            "variable (cluster and task of this worker)")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise UserError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+
+
+def is_chief(strategy):
+    """Whether this process writes files (always, except non-chief workers)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not getattr(resolver, "task_type", None):
+        return True
+    return resolver.task_type == "chief" or (
+        resolver.task_type == "worker" and resolver.task_id == 0
+        and "chief" not in resolver.cluster_spec().as_dict())
+
+
+# -------------------------------------------------------------------- data
+def epoch_permutation(num_samples, seed, epoch):
+    """The order in which epoch `epoch` visits the samples (a function of both)."""
+    return np.random.default_rng([int(seed), int(epoch)]).permutation(num_samples)
+
+
+class SeededBatches:
+    """Training batches in a seeded order that depends only on (seed, epoch).
+
+    Epoch ``e`` visits ``epoch_permutation(n, seed, e)`` in consecutive
+    batches of ``batch_size`` (the last one may be shorter). With
+    ``accumulation_steps=k`` each batch is cut into k micro-batches
+    (`numpy.array_split`), each with a sample weight ``k * m / b`` (m its size,
+    b its batch's size) so that the mean of the k micro-batch losses is the
+    batch's mean loss; weights are 1 when k divides the batch. A final batch
+    with fewer than k samples is dropped.
+
+    `as_dataset` gives a `tf.data.Dataset` that reads `epoch` each time it is
+    iterated; the `FollowEpoch` callback sets it at the start of every epoch
+    of `fit`, including the first epoch of a resumed run.
+    """
+
+    def __init__(self, x, y, batch_size, *, seed=0, accumulation_steps=1):
+        self.x = np.asarray(x, dtype=np.float32)
+        self.y = np.asarray(y, dtype=np.int64)
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.accumulation_steps = max(1, int(accumulation_steps or 1))
+        self.epoch = 0
+        n, b, k = len(self.x), self.batch_size, self.accumulation_steps
+        self.num_batches = n // b + (1 if n % b >= k else 0)
+
+    def __len__(self):
+        """Steps (optimizer micro-steps) per epoch."""
+        return self.num_batches * self.accumulation_steps
+
+    def indices(self, epoch, step):
+        """Sample indices of micro-batch `step` of epoch `epoch`, and its weight."""
+        k = self.accumulation_steps
+        batch, part = divmod(step, k)
+        order = epoch_permutation(len(self.x), self.seed, epoch)
+        whole = order[batch * self.batch_size:(batch + 1) * self.batch_size]
+        if k == 1:
+            return whole, 1.0
+        piece = np.array_split(whole, k)[part]
+        return piece, k * len(piece) / len(whole)
+
+    def batches(self, epoch):
+        """Yields the (x, y) or (x, y, sample_weight) batches of one epoch."""
+        order = epoch_permutation(len(self.x), self.seed, epoch)
+        k = self.accumulation_steps
+        for batch in range(self.num_batches):
+            whole = order[batch * self.batch_size:(batch + 1) * self.batch_size]
+            if k == 1:
+                yield self.x[whole], self.y[whole]
+                continue
+            for piece in np.array_split(whole, k):
+                weight = np.full(len(piece), k * len(piece) / len(whole), np.float32)
+                yield self.x[piece], self.y[piece], weight
+
+    def as_dataset(self):
+        """A `tf.data.Dataset` of the batches of epoch `self.epoch` (read per pass)."""
+        import tensorflow as tf
+
+        signature = (tf.TensorSpec([None, *self.x.shape[1:]], tf.float32),
+                     tf.TensorSpec([None], tf.int64))
+        if self.accumulation_steps > 1:
+            signature += (tf.TensorSpec([None], tf.float32),)
+        dataset = tf.data.Dataset.from_generator(
+            lambda: self.batches(self.epoch), output_signature=signature)
+        dataset = dataset.apply(tf.data.experimental.assert_cardinality(len(self)))
+        return dataset.prefetch(2)
+
+
+# --------------------------------------------------------------- callbacks
+def converged(losses, patience, min_delta):
+    """Whether training loss has ceased to improve.
+
+    True when none of the last `patience` epochs improved on the best loss
+    before them by more than `min_delta` (absolute), as `EarlyStopping`
+    with ``monitor="loss"`` decides it, but computed from the history alone
+    so that a resumed run decides the same.
+
+    Args:
+        losses: training loss of every epoch so far, in order.
+        patience: number of epochs without improvement to wait.
+        min_delta: smallest decrease that counts as an improvement.
+    """
+    losses = [float(v) for v in losses]
+    if len(losses) <= patience:
+        return False
+    best_before = min(losses[:-patience])
+    return not any(v < best_before - min_delta for v in losses[-patience:])
+
+
+def _callbacks_module():
+    import keras
+
+    class FollowEpoch(keras.callbacks.Callback):
+        """Tells a `SeededBatches` which epoch `fit` is about to run."""
+
+        def __init__(self, batches):
+            super().__init__()
+            self.batches = batches
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.batches.epoch = epoch
+
+    class StopOnNonFiniteLoss(keras.callbacks.Callback):
+        """Raises `TrainingDivergedError` as soon as the loss is NaN or Inf."""
+
+        def __init__(self, run_name, backup_dir):
+            super().__init__()
+            self.run_name = run_name
+            self.backup_dir = backup_dir
+            self.epoch = 0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def on_train_batch_end(self, batch, logs=None):
+            loss = (logs or {}).get("loss")
+            if loss is not None and not np.isfinite(float(loss)):
+                kept = (f"the backup of the last finished epoch ({self.epoch}) is kept "
+                        f"in {self.backup_dir}" if self.epoch else "no epoch had finished")
+                raise TrainingDivergedError(
+                    f"{self.run_name} training diverged: loss is {float(loss)} at epoch "
+                    f"{self.epoch + 1}, step {batch + 1}; {kept}; try a smaller batch "
+                    f"or learning rate, or another --seed")
+
+    class HistoryWriter(keras.callbacks.Callback):
+        """Writes the per-epoch logs to a JSON file after every epoch.
+
+        On the first epoch of a resumed run, entries of that epoch and later
+        (written before a kill that beat the backup) are dropped.
+        """
+
+        def __init__(self, path, header, write=True):
+            super().__init__()
+            self.path = pathlib.Path(path)
+            self.header = header
+            self.write = write
+            self.epochs = read_history(self.path)
+            self._started = None
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epochs = [e for e in self.epochs if e["epoch"] < epoch + 1]
+            self._started = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            entry = {"epoch": epoch + 1}
+            entry.update({k: float(v) for k, v in (logs or {}).items()})
+            entry["seconds"] = time.perf_counter() - self._started
+            self.epochs.append(entry)
+            if self.write:
+                io.write_json(self.path, {**self.header, "finished": False,
+                                          "epochs": self.epochs})
+
+    class StopWhenConverged(keras.callbacks.Callback):
+        """Stops `fit` when `converged` says so, judged on the full history."""
+
+        def __init__(self, history, patience, min_delta):
+            super().__init__()
+            self.history = history
+            self.patience = patience
+            self.min_delta = min_delta
+
+        def on_epoch_end(self, epoch, logs=None):
+            losses = [e["loss"] for e in self.history.epochs]
+            if converged(losses, self.patience, self.min_delta):
+                self.model.stop_training = True
+
+    return FollowEpoch, StopOnNonFiniteLoss, HistoryWriter, StopWhenConverged
+
+
+def read_history(path):
+    """The per-epoch entries of a history JSON file ([] if absent)."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        return []
+    return list(io.read_json(path).get("epochs", []))
+
+
+# ---------------------------------------------------------------- training
+def _build(network, info, bn_mode, synchronized):
+    from keras_sharpness.networks import build_network
+
+    return build_network(network, info.input_shape, info.num_classes,
+                         bn_mode=bn_mode, synchronized=synchronized)
+
+
+def initial_point(path, network, info, *, seed, bn_mode="batch"):
+    """Loads x0 from `path`, or builds it from `seed` and saves it there.
+
+    Returns:
+        The x0 model (uncompiled).
+
+    Raises:
+        CheckpointError: `path` holds another network's x0 or is unreadable.
+    """
+    import keras
+
+    path = pathlib.Path(path)
+    if path.is_file():
+        model = io.load_model(path)
+        if model.name != network:
+            raise CheckpointError(f"{path} holds network {model.name}, not {network}")
+        return model
+    keras.utils.set_random_seed(int(seed))
+    model = _build(network, info, bn_mode, synchronized=False)
+    io.save_model(model, path)
+    return model
+
+
+def train_minimizer(x0, network, info, x_train, y_train, *, batch_size, out_path,
+                    history_path, backup_dir, run_name="run", epochs=20,
+                    until_converged=False, patience=5, min_delta=1e-4,
+                    max_epochs=500, seed=0, strategy="default",
+                    accumulation_steps=1, bn_mode="batch", verbose=1,
+                    callbacks=(), builder=None):
+    """Trains x0 with Adam at one batch size and saves the result.
+
+    Args:
+        x0: the initial-point model (its weights are copied; it is not changed).
+        network: network name (rebuilt under the strategy's scope).
+        info: `keras_sharpness.data.DataInfo` of the data.
+        x_train, y_train: training arrays.
+        batch_size: samples per optimizer step (the global batch).
+        out_path: where the trained model goes (``.keras``).
+        history_path: per-epoch history JSON.
+        backup_dir: per-epoch `BackupAndRestore` directory (removed at the end).
+        run_name: ``"SB"`` / ``"LB"``, for messages.
+        epochs: number of epochs when not `until_converged`.
+        until_converged: stop when `converged` (patience, min_delta), at most
+            `max_epochs` epochs.
+        seed: seed of the data order (and of dropout).
+        strategy: ``"default"``, ``"mirrored"`` or ``"multiworker"``, or a
+            `tf.distribute.Strategy`.
+        accumulation_steps: gradient accumulation micro-steps per update (1: none).
+        bn_mode: BN evaluation mode saved with the model.
+        verbose: `fit` verbosity (1: progress bar).
+        callbacks: more Keras callbacks (tests use one that interrupts).
+        builder: ``builder(synchronized) -> keras.Model`` replacing
+            ``build_network(network, ...)`` (e.g. a BN-free model in tests).
+
+    Returns:
+        The trained model (plain network, uncompiled, weights of the run).
+
+    Raises:
+        TrainingDivergedError: the loss became NaN or Inf.
+    """
+    import keras
+    import tensorflow as tf
+
+    FollowEpoch, StopOnNonFiniteLoss, HistoryWriter, StopWhenConverged = _callbacks_module()
+    if isinstance(strategy, str):
+        strategy = make_strategy(strategy)
+    synchronized = isinstance(strategy, (tf.distribute.MirroredStrategy,
+                                         tf.distribute.MultiWorkerMirroredStrategy))
+    chief = is_chief(strategy)
+    k = max(1, int(accumulation_steps or 1))
+    if k > batch_size:
+        raise UserError(f"accumulation_steps {k} is larger than the {run_name} "
+                        f"batch size {batch_size}")
+    if batch_size % strategy.num_replicas_in_sync:
+        raise UserError(f"{run_name} batch size {batch_size} is not divisible by the "
+                        f"{strategy.num_replicas_in_sync} replicas of --strategy")
+    cap = int(max_epochs) if until_converged else int(epochs)
+
+    # Same seed before building: dropout seeds match across runs and resumes.
+    if builder is None:
+        def builder(synchronized):
+            return _build(network, info, bn_mode, synchronized=synchronized)
+    keras.utils.set_random_seed(int(seed))
+    with strategy.scope():
+        model = builder(synchronized)
+        model.set_weights(x0.get_weights())
+        optimizer = keras.optimizers.Adam(
+            gradient_accumulation_steps=k if k > 1 else None)
+        model.compile(optimizer=optimizer,
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      metrics=["accuracy"])
+
+    data = SeededBatches(x_train, y_train, batch_size, seed=seed, accumulation_steps=k)
+    header = {"run": run_name, "batch_size": batch_size, "accumulation_steps": k,
+              "strategy": type(strategy).__name__,
+              "replicas": strategy.num_replicas_in_sync, "seed": seed,
+              "train_size": len(x_train)}
+    history = HistoryWriter(history_path, header, write=chief)
+    done = [e["loss"] for e in history.epochs]
+    if until_converged and converged(done, patience, min_delta):
+        cap = len(done)  # converged before a kill: restore the backup, train no more
+    backup_dir = pathlib.Path(backup_dir)
+    backup = keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=False)
+    # Order matters: history before backup, so a kill between them only
+    # repeats an epoch's log entry, which `HistoryWriter` then replaces.
+    all_callbacks = [FollowEpoch(data), StopOnNonFiniteLoss(run_name, backup_dir), history]
+    if until_converged:
+        all_callbacks.append(StopWhenConverged(history, patience, min_delta))
+    all_callbacks += [backup, *callbacks]
+
+    if verbose:
+        print(f"{run_name}: batch {batch_size}"
+              + (f" ({k} micro-batches of ~{batch_size // k})" if k > 1 else "")
+              + f", {cap} epochs" + (" at most" if until_converged else "")
+              + f", {strategy.num_replicas_in_sync} replica(s)", flush=True)
+    model.fit(data.as_dataset(), epochs=cap, shuffle=False, verbose=verbose,
+              callbacks=all_callbacks)
+
+    trained = builder(False)
+    trained.set_weights([np.asarray(w) for w in model.get_weights()])
+    if chief:
+        io.save_model(trained, out_path)
+        io.write_json(history_path, {**header, "finished": True, "epochs": history.epochs})
+    _remove_tree(backup_dir)
+    return trained
+
+
+def _remove_tree(path):
+    import shutil
+
+    if pathlib.Path(path).exists():
+        shutil.rmtree(path, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- work dir
+def canonical_source(source):
+    """The data source with ``npz:``/``folder:`` paths made absolute."""
+    kind, sep, rest = str(source).partition(":")
+    if sep and kind in ("npz", "folder") and rest:
+        return f"{kind}:{pathlib.Path(rest).expanduser().resolve()}"
+    return str(source)
+
+
+def check_workdir(workdir, record):
+    """Refuses a work directory whose checkpoints belong to another run.
+
+    Args:
+        workdir: the directory.
+        record: the run's identity (at least `IDENTITY_KEYS`).
+
+    Raises:
+        CheckpointError: one line saying what differs.
+    """
+    workdir = pathlib.Path(workdir)
+    run_json = workdir / "run.json"
+    checkpoints = sorted(p.name for p in workdir.glob("*.keras")) if workdir.is_dir() else []
+    if not run_json.is_file():
+        if checkpoints:
+            raise CheckpointError(
+                f"workdir {workdir} holds checkpoints ({', '.join(checkpoints)}) but no "
+                f"run.json saying what made them; use another --workdir")
+        return
+    try:
+        old = io.read_json(run_json)
+    except CheckpointError:
+        raise CheckpointError(f"{run_json} is corrupt; use another --workdir or delete it") from None
+    if old.get("network") != record["network"] or old.get("dataset") != record["dataset"]:
+        raise CheckpointError(
+            f"workdir {workdir} holds checkpoints of network {old.get('network')} on "
+            f"{old.get('dataset')}, not {record['network']} on {record['dataset']}; use "
+            f"another --workdir")
+    differ = [k for k in IDENTITY_KEYS if k in old and old[k] != record.get(k)]
+    if differ and checkpoints:
+        diffs = ", ".join(f"{k}={old[k]!r} (now {record.get(k)!r})" for k in differ)
+        raise CheckpointError(f"workdir {workdir} was made with {diffs}; use another "
+                              f"--workdir or the same flags")
+
+
+def train_sb_lb(data, network, workdir, *, dataset, data_dir=None, sb_batch_size=256,
+                lb_batch_size=5000, epochs=20, until_converged=False, patience=5,
+                min_delta=1e-4, max_epochs=500, seed=0, strategy="default",
+                accumulation_steps=1, bn_mode="batch", train_size=None,
+                test_size=None, verbose=1, callbacks=()):
+    """Trains (or reuses) the SB and LB minimizers from one x0 in `workdir`.
+
+    The work directory holds ``x0.keras``, ``sb.keras``, ``lb.keras``,
+    ``sb_history.json``, ``lb_history.json``, ``backups/{sb,lb}/`` while a run
+    is unfinished, and ``run.json`` (network, dataset, data_dir, bn_mode, seed,
+    batch sizes, epochs, versions...). Accumulation applies to LB only.
+
+    Args:
+        data: `keras_sharpness.data.ArrayData`.
+        network: canonical network name.
+        workdir: the work directory.
+        dataset: the data source string (recorded, checked against the workdir).
+        data_dir: recorded in ``run.json``.
+        sb_batch_size, lb_batch_size: counts, or fractions (< 1) of the
+            training set.
+        train_size, test_size: subset sizes requested (recorded).
+        Other arguments: see `train_minimizer`.
+
+    Returns:
+        dict with ``x0``, ``sb``, ``lb`` (models) and ``record`` (run.json).
+
+    Raises:
+        UserError: bad batch sizes, a foreign work directory, divergence.
+    """
+    workdir = pathlib.Path(workdir)
+    n = data.info.train_size
+    sb = resolve_batch_size(sb_batch_size, n, name="SB batch size")
+    lb = resolve_batch_size(lb_batch_size, n, name="LB batch size")
+    strategy_obj = make_strategy(strategy) if isinstance(strategy, str) else strategy
+    record = {
+        "network": network, "dataset": canonical_source(dataset),
+        "data_dir": None if data_dir is None else str(pathlib.Path(data_dir).expanduser().resolve()),
+        "bn_mode": bn_mode, "seed": int(seed),
+        "train_size": train_size, "test_size": test_size,
+        "data": data.info.to_dict(),
+        "sb_batch_size": sb, "lb_batch_size": lb,
+        "lb_batch_size_requested": float(lb_batch_size),
+        "epochs": None if until_converged else int(epochs),
+        "until_converged": bool(until_converged),
+        "patience": int(patience) if until_converged else None,
+        "min_delta": float(min_delta) if until_converged else None,
+        "max_epochs": int(max_epochs) if until_converged else None,
+        "accumulation_steps": int(accumulation_steps or 1),
+        "strategy": strategy if isinstance(strategy, str) else type(strategy).__name__,
+        "optimizer": "Adam (Keras defaults)",
+        "versions": io.versions(),
+    }
+    check_workdir(workdir, record)
+    chief = is_chief(strategy_obj)
+    if chief:
+        io.write_json(workdir / "run.json", record)
+    x0 = initial_point(workdir / "x0.keras", network, data.info, seed=seed, bn_mode=bn_mode)
+    models = {"x0": x0, "record": record}
+    for name, batch, k in (("sb", sb, 1), ("lb", lb, int(accumulation_steps or 1))):
+        out = workdir / f"{name}.keras"
+        if out.is_file():
+            if verbose:
+                print(f"{name.upper()}: reusing finished {out}", flush=True)
+            models[name] = io.load_model(out)
+            continue
+        models[name] = train_minimizer(
+            x0, network, data.info, data.x_train, data.y_train, batch_size=batch,
+            out_path=out, history_path=workdir / f"{name}_history.json",
+            backup_dir=workdir / "backups" / name, run_name=name.upper(),
+            epochs=epochs, until_converged=until_converged, patience=patience,
+            min_delta=min_delta, max_epochs=max_epochs, seed=seed,
+            strategy=strategy_obj, accumulation_steps=k, bn_mode=bn_mode,
+            verbose=verbose, callbacks=callbacks)
+    backups = workdir / "backups"
+    if backups.is_dir() and not any(backups.iterdir()):
+        backups.rmdir()
+    return models
+
+
+__all__ = ["STRATEGIES", "SeededBatches", "TrainingDivergedError", "canonical_source",
+           "check_workdir", "converged", "epoch_permutation", "initial_point",
+           "make_deterministic", "make_strategy", "read_history", "resolve_batch_size",
+           "train_minimizer", "train_sb_lb"]

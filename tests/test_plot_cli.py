@@ -1,0 +1,97 @@
+"""plot_parametric_plot.py: a tiny end-to-end run and one-line errors for bad input."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "plot_parametric_plot.py"
+TINY = ["--dataset=digits", "--train_size=200", "--test_size=60", "--sb_batch_size=32",
+        "--lb_batch_size=100", "--epochs=1", "--num_points=3", "--verbose=0"]
+
+
+def test_tiny_end_to_end_writes_figures_and_json_and_reuses_models(tmp_path):
+    from keras_sharpness import parametric_plot
+
+    workdir, figures = tmp_path / "run", tmp_path / "figures"
+    kwargs = dict(dataset="digits", train_size=200, test_size=60, sb_batch_size=32,
+                  lb_batch_size=0.5, epochs=2, num_points=7, workdir=workdir,
+                  figures_dir=figures, verbose=0)
+    out = parametric_plot.run("f1", **kwargs)
+
+    for name in ("F1.pdf", "F1.png"):
+        assert (figures / name).stat().st_size > 1000
+    assert (figures / "F1.pdf").read_bytes().startswith(b"%PDF")
+    result = json.loads((workdir / "parametric.json").read_text())
+    for key in ("alphas", "train_loss", "train_acc", "test_loss", "test_acc"):
+        assert len(result[key]) == 7, key
+    assert result["alphas"][0] == -1 and result["alphas"][-1] == 2
+    assert all(0 <= a <= 1 for a in result["train_acc"] + result["test_acc"])
+    assert result["bn_semantics"] == "batch" and result["curve"] == "linear"
+    assert result["seed"] == 0 and "tensorflow" in result["versions"]
+    assert result["flags"]["lb_batch_size"] == 100  # 0.5 of 200 samples
+
+    run = json.loads((workdir / "run.json").read_text())
+    for key in ("network", "dataset", "data_dir", "bn_mode", "seed", "sb_batch_size",
+                "lb_batch_size", "epochs", "versions"):
+        assert key in run, key
+    assert run["network"] == "F1" and run["dataset"] == "digits"
+    for name in ("x0.keras", "sb.keras", "lb.keras"):
+        assert (workdir / name).is_file()
+    for name in ("sb_history.json", "lb_history.json"):
+        history = json.loads((workdir / name).read_text())
+        assert history["finished"] and len(history["epochs"]) == 2
+    assert not (workdir / "backups").exists()
+
+    # A second run with other plot flags reuses the finished models.
+    stamps = {n: (workdir / n).stat().st_mtime_ns for n in ("sb.keras", "lb.keras")}
+    again = parametric_plot.run("F1", **{**kwargs, "num_points": 2, "alpha_min": 0,
+                                         "alpha_max": 1})
+    assert {n: (workdir / n).stat().st_mtime_ns for n in stamps} == stamps
+    # alpha = 0 and 1 of the second sweep are points of the first one.
+    assert again["result"].train_loss[0] == pytest.approx(out["result"].train_loss[2], rel=1e-6)
+    assert again["result"].train_loss[1] == pytest.approx(out["result"].train_loss[4], rel=1e-6)
+
+
+def _run_cli(args, cwd):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_BACKEND": "tensorflow",
+           "MPLBACKEND": "Agg"}
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True,
+                          text=True, env=env, cwd=cwd, timeout=180)
+
+
+def _message_lines(stderr):
+    """stderr without TensorFlow's start-up lines, which no flag silences."""
+    return [ln for ln in stderr.splitlines() if ln.strip()
+            and not ln.startswith(("WARNING: All log messages", "I0000", "W0000"))]
+
+
+def _foreign_workdir(tmp_path):
+    workdir = tmp_path / "foreign"
+    workdir.mkdir()
+    (workdir / "run.json").write_text(json.dumps({"network": "C1", "dataset": "cifar10"}))
+    (workdir / "x0.keras").write_bytes(b"not a model")
+    return workdir
+
+
+@pytest.mark.parametrize("case, args, expected", [
+    ("unknown network", ["-n", "F9"], "unknown network"),
+    ("alpha range", ["-n", "F1", "--alpha_min=2", "--alpha_max=1"], "alpha_min"),
+    ("num_points", ["-n", "F1", "--num_points=1"], "num_points"),
+    ("F2 without data", ["-n", "F2"], "npz:"),
+    ("lb batch", ["-n", "F1", *TINY, "--lb_batch_size=5000"], "larger than the training set"),
+    ("foreign workdir", ["-n", "F1", *TINY, "--workdir={foreign}"], "holds checkpoints of network C1"),
+])
+def test_bad_input_is_one_line_and_nonzero_exit(tmp_path, case, args, expected):
+    args = [a.format(foreign=_foreign_workdir(tmp_path)) if "{foreign}" in a else a
+            for a in args]
+    done = _run_cli(args, tmp_path)
+    lines = _message_lines(done.stderr)
+    assert done.returncode != 0, case
+    assert len(lines) == 1, f"{case}: {lines}"
+    assert lines[0].startswith("error: ") and expected in lines[0], lines[0]
+    assert not (tmp_path / "Figures").exists()

@@ -1,0 +1,248 @@
+"""SB/LB training: data order, convergence rule, resume, NaN, accumulation, mirrored."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from keras_sharpness import training
+from keras_sharpness.errors import CheckpointError, UserError
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _data(n=120, dim=8, classes=4, seed=0):
+    from keras_sharpness.data import ArrayData
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n + 40, dim)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64) + 2 * (x[:, 1] > 0).astype(np.int64)
+    y = y % classes
+    return ArrayData.from_arrays(x[:n], y[:n], x[n:], y[n:], name="random")
+
+
+def _small_net(info, hidden=16):
+    """A tiny BN network built like the paper's (logits out)."""
+    import keras
+
+    from keras_sharpness.layers import SwitchableBatchNormalization
+
+    def builder(synchronized):
+        inputs = keras.Input(shape=info.input_shape)
+        h = keras.layers.Dense(hidden)(inputs)
+        h = SwitchableBatchNormalization(synchronized=synchronized)(h)
+        h = keras.layers.Activation("relu")(h)
+        return keras.Model(inputs, keras.layers.Dense(info.num_classes)(h))
+    return builder
+
+
+def _train(tmp, data, builder, *, batch_size=32, epochs=3, callbacks=(), k=1, seed=0):
+    import keras
+
+    keras.utils.set_random_seed(123)
+    x0 = builder(False)
+    return training.train_minimizer(
+        x0, "F1", data.info, data.x_train, data.y_train, batch_size=batch_size,
+        out_path=tmp / "out.keras", history_path=tmp / "history.json",
+        backup_dir=tmp / "backup", epochs=epochs, seed=seed, verbose=0,
+        accumulation_steps=k, callbacks=callbacks, builder=builder)
+
+
+def test_resolve_batch_size():
+    assert training.resolve_batch_size(256, 1000) == 256
+    assert training.resolve_batch_size(0.1, 50000) == 5000
+    assert training.resolve_batch_size(0.0001, 100) == 1
+    with pytest.raises(UserError, match="larger than the training set"):
+        training.resolve_batch_size(5000, 1000)
+    with pytest.raises(UserError, match="positive"):
+        training.resolve_batch_size(0, 1000)
+    with pytest.raises(UserError, match="whole number"):
+        training.resolve_batch_size(2.5, 1000)
+
+
+def test_epoch_order_is_a_function_of_seed_and_epoch():
+    a = training.epoch_permutation(50, 3, 7)
+    np.testing.assert_array_equal(a, training.epoch_permutation(50, 3, 7))
+    assert sorted(a) == list(range(50))
+    assert not np.array_equal(a, training.epoch_permutation(50, 3, 8))
+    assert not np.array_equal(a, training.epoch_permutation(50, 4, 7))
+
+
+def test_seeded_batches_cover_each_epoch_and_weights_average_to_the_batch_mean():
+    x = np.arange(100, dtype=np.float32)[:, None]
+    y = np.arange(100)
+    whole = training.SeededBatches(x, y, 40, seed=1)
+    micro = training.SeededBatches(x, y, 40, seed=1, accumulation_steps=3)
+    assert len(whole) == 3 and len(micro) == 9
+    big = list(whole.batches(2))
+    small = list(micro.batches(2))
+    assert sorted(np.concatenate([b[1] for b in big])) == list(range(100))
+    for i, (xb, yb) in enumerate(big):
+        parts = small[3 * i:3 * i + 3]
+        np.testing.assert_array_equal(np.concatenate([p[1] for p in parts]), yb)
+        # Mean over micro-batches of (weighted sum / micro size) = batch mean.
+        values = [np.sum(p[2] * p[0][:, 0]) / len(p[0]) for p in parts]
+        np.testing.assert_allclose(np.mean(values), xb.mean(), rtol=1e-6)
+
+
+def test_converged_pins_the_patience_rule():
+    assert not training.converged([3, 2, 1], patience=2, min_delta=0)
+    assert training.converged([3, 1, 1, 1], patience=2, min_delta=0)
+    # Improvements smaller than min_delta do not count.
+    assert training.converged([1.0, 0.99, 0.98], patience=2, min_delta=0.05)
+    assert not training.converged([1.0, 0.99, 0.9], patience=2, min_delta=0.05)
+    assert not training.converged([1.0], patience=1, min_delta=0)
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def _epoch_recorder(seen):
+    import keras
+
+    class Record(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            seen.append(epoch)
+    return Record()
+
+
+def _interrupt_at(epoch, batch):
+    import keras
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_begin(self, e, logs=None):
+            self.epoch = e
+
+        def on_train_batch_end(self, b, logs=None):
+            if self.epoch == epoch and b == batch:
+                raise _Interrupt()
+    return Interrupt()
+
+
+def test_resume_after_interruption_equals_uninterrupted_run(tmp_path):
+    data = _data()
+    builder = _small_net(data.info)
+    straight = _train(tmp_path / "a", data, builder, epochs=3)
+
+    with pytest.raises(_Interrupt):
+        _train(tmp_path / "b", data, builder, epochs=3, callbacks=[_interrupt_at(1, 1)])
+    assert (tmp_path / "b" / "backup").is_dir()
+    assert not (tmp_path / "b" / "out.keras").exists()
+    seen = []
+    resumed = _train(tmp_path / "b", data, builder, epochs=3, callbacks=[_epoch_recorder(seen)])
+    assert seen == [1, 2], "the finished epoch 1 must not be redone"
+
+    for a, b in zip(straight.get_weights(), resumed.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    history = json.loads((tmp_path / "b" / "history.json").read_text())
+    assert history["finished"] and [e["epoch"] for e in history["epochs"]] == [1, 2, 3]
+    assert not (tmp_path / "b" / "backup").exists()
+
+
+def test_non_finite_loss_stops_with_one_line_and_keeps_the_backup(tmp_path):
+    import keras
+
+    class Poison(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 0:  # after the epoch-1 backup was written
+                kernel = self.model.trainable_variables[0]
+                kernel.assign(np.full(kernel.shape, np.nan, np.float32))
+
+    data = _data()
+    with pytest.raises(training.TrainingDivergedError) as info:
+        _train(tmp_path, data, _small_net(data.info), epochs=3, callbacks=[Poison()])
+    message = str(info.value)
+    assert "\n" not in message and "diverged" in message and "epoch 2" in message
+    assert isinstance(info.value, UserError)
+    assert not (tmp_path / "out.keras").exists()
+    backup = list((tmp_path / "backup").rglob("*.weights.h5"))
+    assert backup, "the last good backup must be kept"
+
+
+def test_gradient_accumulation_equals_one_large_batch_without_bn(tmp_path):
+    import keras
+
+    data = _data(n=100)
+
+    def builder(synchronized):
+        inputs = keras.Input(shape=data.info.input_shape)
+        h = keras.layers.Dense(16, activation="tanh")(inputs)
+        return keras.Model(inputs, keras.layers.Dense(data.info.num_classes)(h))
+
+    # 100 samples in batches of 40: the last batch (20) is cut unevenly too.
+    large = _train(tmp_path / "large", data, builder, batch_size=40, epochs=2)
+    accumulated = _train(tmp_path / "acc", data, builder, batch_size=40, epochs=2, k=3)
+    moved = max(np.abs(a - b).max() for a, b in
+                zip(large.get_weights(), builder(False).get_weights()))
+    assert moved > 1e-3
+    for a, b in zip(large.get_weights(), accumulated.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=0, atol=2e-6)
+
+
+def test_workdir_of_another_network_or_flags_is_refused(tmp_path):
+    record = {"network": "F1", "dataset": "digits", "seed": 0, "sb_batch_size": 256}
+    training.check_workdir(tmp_path, record)  # empty: fine
+    (tmp_path / "x0.keras").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="no run.json"):
+        training.check_workdir(tmp_path, record)
+    (tmp_path / "run.json").write_text(json.dumps({**record, "network": "C1"}))
+    with pytest.raises(CheckpointError, match="network C1"):
+        training.check_workdir(tmp_path, record)
+    (tmp_path / "run.json").write_text(json.dumps({**record, "seed": 1}))
+    with pytest.raises(CheckpointError, match="seed=1"):
+        training.check_workdir(tmp_path, record)
+    (tmp_path / "run.json").write_text(json.dumps(record))
+    training.check_workdir(tmp_path, record)
+
+
+MIRRORED_SCRIPT = textwrap.dedent("""
+    import os, sys
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    import numpy as np
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    sys.path.insert(0, {tests!r})
+    import pathlib
+    from keras_sharpness import training
+    import test_training as t
+
+    tmp = pathlib.Path({tmp!r})
+    data = t._data(n=128)
+    builder = t._small_net(data.info)
+    strategy = training.make_strategy("mirrored")
+    assert strategy.num_replicas_in_sync == 2, strategy.num_replicas_in_sync
+    single = t._train(tmp / "single", data, builder, batch_size=32, epochs=2)
+    import keras
+    keras.utils.set_random_seed(123)
+    x0 = builder(False)
+    mirrored = training.train_minimizer(
+        x0, "F1", data.info, data.x_train, data.y_train, batch_size=32,
+        out_path=tmp / "m.keras", history_path=tmp / "m.json", backup_dir=tmp / "mb",
+        epochs=2, seed=0, verbose=0, strategy=strategy, builder=builder)
+    worst = max(float(np.abs(a - b).max())
+                for a, b in zip(single.get_weights(), mirrored.get_weights()))
+    moved = max(float(np.abs(a - b).max())
+                for a, b in zip(single.get_weights(), x0.get_weights()))
+    print("RESULT", worst, moved)
+
+""")
+
+
+def test_mirrored_on_two_logical_cpus_equals_single_device(tmp_path):
+    script = MIRRORED_SCRIPT.format(tests=str(REPO / "tests"), tmp=str(tmp_path))
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_BACKEND": "tensorflow"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT")][-1]
+    worst, moved = map(float, line.split()[1:])
+    assert moved > 1e-2  # training did change the weights
+    assert worst < 1e-4, f"mirrored and single-device weights differ by {worst}"
