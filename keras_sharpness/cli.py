@@ -59,4 +59,14 @@ def run(main):
                   "again to resume", file=sys.stderr)
             sys.exit(130)
 
-    app.run(guarded)
+    def parse_flags(argv):
+        # absl's own parser prints two lines and exits 1; keep to one line, exit 2.
+        from absl import flags
+
+        try:
+            return flags.FLAGS(argv)
+        except flags.Error as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+
+    app.run(guarded, flags_parser=parse_flags)
