@@ -12,6 +12,28 @@ from keras_sharpness.experiments import batch_sweep, trajectory, trials, warm_st
 from keras_sharpness.experiments.measure import MeasureSettings
 
 
+@pytest.fixture(autouse=True)
+def small_networks(monkeypatch):
+    """Experiments build networks by name; here a name builds a 150-weight net.
+
+    The plumbing (training, resume, measurements, files) is what these tests
+    check; the paper's architectures are checked in test_networks.py.
+    """
+    import keras
+
+    from keras_sharpness.layers import SwitchableBatchNormalization
+
+    def build_network(name, input_shape, num_classes, *, bn_mode="batch", synchronized=False):
+        inputs = keras.Input(shape=input_shape)
+        x = keras.layers.Flatten()(inputs)
+        x = keras.layers.Dense(8)(x)
+        x = SwitchableBatchNormalization(eval_statistics=bn_mode, synchronized=synchronized)(x)
+        x = keras.layers.Activation("relu")(x)
+        return keras.Model(inputs, keras.layers.Dense(num_classes)(x), name=name)
+
+    monkeypatch.setattr("keras_sharpness.networks.build_network", build_network)
+
+
 @pytest.fixture(scope="module")
 def tiny():
     rng = np.random.default_rng(0)
@@ -20,7 +42,7 @@ def tiny():
     return ArrayData.from_arrays(x[:64], y[:64], x[64:], y[64:], name="tiny")
 
 
-SETTINGS = MeasureSettings(eps=(1e-3, 5e-4), subspace_dims=(0, 100), maxiter=2,
+SETTINGS = MeasureSettings(eps=(1e-3, 5e-4), subspace_dims=(0, 4), maxiter=2,
                            eval_batch_size=32)
 TRAINING = dict(sb_batch_size=8, lb_batch_size=32, epochs=1)
 
