@@ -5,6 +5,7 @@ Figure 3 of Keskar et al. (2017), for any of the paper's six networks:
     python plot_parametric_plot.py -n C1
     python plot_parametric_plot.py -n F1 --dataset=npz:../shared/data/mnist-t10k-split.npz
     python plot_parametric_plot.py -n F1 --dataset=digits      # offline demo
+    python plot_parametric_plot.py -n C1 --augment --workdir=runs/C1-augment  # Appendix E
 
 Writes Figures/<network>.{pdf,png} and runs/<network>/ (checkpoints, history,
 run.json, parametric.json). Run the same command again after a kill to
@@ -53,6 +54,18 @@ flags.DEFINE_string("workdir", None, "Checkpoints and JSON; default runs/<networ
 flags.DEFINE_string("figures_dir", "Figures", "Where <network>.pdf and .png go.")
 flags.DEFINE_integer("seed", 0, "Seed of x0, data order, dropout and subsets.")
 flags.DEFINE_integer("verbose", 1, "0 silent, 1 progress bars, 2 one line per epoch.")
+# Appendix E: attempts to fix large-batch training.
+flags.DEFINE_bool("augment", False, "Augment training images: horizontal flips, rotations "
+                  "up to 10 degrees, translations up to 0.2 (image inputs only).")
+flags.DEFINE_float("conservative_lambda", 0.0, "Conservative training (Li et al. 2014) "
+                   "with this proximal weight when > 0 (the paper: 1e-3).")
+flags.DEFINE_integer("conservative_steps", 3, "Adam iterations per batch of conservative training.")
+flags.DEFINE_float("adversarial_eps", 0.0, "FGSM adversarial training (Goodfellow et al. "
+                   "2014) with this input step when > 0 (inputs are in [0, 1]).")
+flags.DEFINE_float("adversarial_clean_weight", 0.5, "alpha in alpha J(x) + (1 - alpha) "
+                   "J(x_adv); 0 trains on adversarial inputs only.")
+flags.DEFINE_enum("remedies_apply_to", "lb", ["lb", "sb", "both"],
+                  "Which runs get --augment / --conservative_lambda / --adversarial_eps.")
 flags.mark_flag_as_required("network")
 
 
@@ -70,7 +83,11 @@ def main(argv):
         num_points=FLAGS.num_points, alpha_min=FLAGS.alpha_min, alpha_max=FLAGS.alpha_max,
         curve=FLAGS.curve, bn_eval=FLAGS.bn_eval, eval_batch_size=FLAGS.eval_batch_size,
         workdir=FLAGS.workdir, figures_dir=FLAGS.figures_dir, seed=FLAGS.seed,
-        verbose=FLAGS.verbose)
+        verbose=FLAGS.verbose, augment=FLAGS.augment,
+        conservative_lambda=FLAGS.conservative_lambda,
+        conservative_steps=FLAGS.conservative_steps, adversarial_eps=FLAGS.adversarial_eps,
+        adversarial_clean_weight=FLAGS.adversarial_clean_weight,
+        remedies_apply_to=FLAGS.remedies_apply_to)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,9 @@ def run(network, *, dataset=None, data_dir=None, train_size=None, test_size=None
         patience=5, min_delta=1e-4, max_epochs=500, strategy="default",
         accumulation_steps=1, num_points=25, alpha_min=-1.0, alpha_max=2.0,
         curve="linear", bn_eval="batch", eval_batch_size=1000, workdir=None,
-        figures_dir="Figures", seed=0, verbose=1):
+        figures_dir="Figures", seed=0, verbose=1, augment=False,
+        conservative_lambda=0.0, conservative_steps=3, adversarial_eps=0.0,
+        adversarial_clean_weight=0.5, remedies_apply_to="lb"):
     """Trains (or reuses) SB and LB from one x0, sweeps alpha, writes JSON and figures.
 
     Args:
@@ -48,9 +50,13 @@ def run(network, *, dataset=None, data_dir=None, train_size=None, test_size=None
             ``bn_semantics``).
         workdir: checkpoints and JSON; None for ``runs/<network>``.
         figures_dir: where ``<network>.pdf`` / ``.png`` go.
-        seed: x0, data order, dropout and subsets.
+        seed: x0, data order, dropout, subsets and augmentation.
         verbose: 0 silent, 1 progress bars and one line per alpha, 2 one line
             per epoch.
+        augment, conservative_lambda, conservative_steps, adversarial_eps,
+            adversarial_clean_weight, remedies_apply_to: Appendix E attempts
+            to fix LB training (`keras_sharpness.remedies`; by default applied
+            to the LB run only).
 
     Returns:
         dict with ``result`` (`ParametricResult`), ``json``, ``pdf``, ``png``.
@@ -62,6 +68,7 @@ def run(network, *, dataset=None, data_dir=None, train_size=None, test_size=None
     from keras_sharpness import data as data_lib
     from keras_sharpness import parametric, plotting, training
     from keras_sharpness.networks import check_network
+    from keras_sharpness.remedies import APPLY_TO, Remedies
 
     network = check_network(network)
     parametric.check_path_arguments(num_points, alpha_min, alpha_max, curve, bn_eval)
@@ -76,6 +83,14 @@ def run(network, *, dataset=None, data_dir=None, train_size=None, test_size=None
         raise UserError("patience and max_epochs must be at least 1")
     if not until_converged and int(epochs) < 1:
         raise UserError(f"epochs must be at least 1, got {epochs}")
+    remedies = Remedies(augment=bool(augment), conservative_lambda=float(conservative_lambda),
+                        conservative_steps=int(conservative_steps),
+                        adversarial_eps=float(adversarial_eps),
+                        adversarial_clean_weight=float(adversarial_clean_weight))
+    remedies.check()
+    if remedies_apply_to not in APPLY_TO:
+        raise UserError(f"remedies_apply_to must be one of {', '.join(APPLY_TO)}, "
+                        f"got {remedies_apply_to!r}")
     dataset = default_dataset(network) if dataset is None else dataset
     workdir = pathlib.Path(workdir) if workdir else pathlib.Path("runs") / network
 
@@ -88,7 +103,10 @@ def run(network, *, dataset=None, data_dir=None, train_size=None, test_size=None
         until_converged=until_converged, patience=patience, min_delta=min_delta,
         max_epochs=max_epochs, seed=seed, strategy=strategy,
         accumulation_steps=accumulation_steps, train_size=train_size,
-        test_size=test_size, verbose=verbose)
+        test_size=test_size, verbose=verbose, augment=augment,
+        conservative_lambda=conservative_lambda, conservative_steps=conservative_steps,
+        adversarial_eps=adversarial_eps, adversarial_clean_weight=adversarial_clean_weight,
+        remedies_apply_to=remedies_apply_to)
 
     if verbose:
         print(f"parametric plot: {num_points} points, alpha in [{alpha_min:g}, "
@@ -108,6 +126,10 @@ def run(network, *, dataset=None, data_dir=None, train_size=None, test_size=None
         "alpha_min": alpha_min, "alpha_max": alpha_max, "curve": curve,
         "bn_eval": bn_eval, "eval_batch_size": eval_batch_size,
         "workdir": str(workdir), "figures_dir": str(figures_dir), "seed": seed,
+        "augment": bool(augment), "conservative_lambda": conservative_lambda,
+        "conservative_steps": conservative_steps, "adversarial_eps": adversarial_eps,
+        "adversarial_clean_weight": adversarial_clean_weight,
+        "remedies_apply_to": remedies_apply_to,
     }
     json_path = workdir / "parametric.json"
     sb_epochs = len(training.read_history(workdir / "sb_history.json"))
@@ -119,6 +141,8 @@ def run(network, *, dataset=None, data_dir=None, train_size=None, test_size=None
     data_name = pathlib.Path(str(data.info.name).split(":", 1)[-1]).name or data.info.name
     title = (f"{network} on {data_name}: SB {record['sb_batch_size']} vs "
              f"LB {record['lb_batch_size']} (BN: {bn_eval})")
+    if remedies.any:
+        title += f"\n{remedies_apply_to.upper()} with {remedies.describe()}"
     pdf, png = plotting.plot_parametric(result, pathlib.Path(figures_dir) / network,
                                         title=title)
     if verbose:

@@ -51,8 +51,18 @@ Large batches and BatchNorm
 
 The saved models are always the plain, unsynchronized network (weights only;
 no optimizer), whatever strategy trained them.
+
+Appendix E remedies
+-------------------
+``augment``, ``conservative_lambda`` / ``conservative_steps`` and
+``adversarial_eps`` / ``adversarial_clean_weight`` switch on the paper's
+attempts to fix LB training (`keras_sharpness.remedies`): augmentation in the
+input pipeline (seeded per batch, so resume stays exact), conservative and
+FGSM training in an overridden ``train_step``. The saved model is the plain
+network either way.
 """
 
+import dataclasses
 import os
 import pathlib
 import time
@@ -60,6 +70,7 @@ import time
 import numpy as np
 
 from keras_sharpness import io
+from keras_sharpness import remedies as remedies_lib
 from keras_sharpness.errors import CheckpointError, UserError
 
 STRATEGIES = ("default", "mirrored", "multiworker")
@@ -68,7 +79,13 @@ STRATEGIES = ("default", "mirrored", "multiworker")
 #: later run must agree on all of them to reuse its checkpoints.
 IDENTITY_KEYS = ("network", "dataset", "seed", "train_size", "sb_batch_size",
                  "lb_batch_size", "epochs", "until_converged", "patience",
-                 "min_delta", "max_epochs", "accumulation_steps")
+                 "min_delta", "max_epochs", "accumulation_steps", "augment",
+                 "conservative_lambda", "conservative_steps", "adversarial_eps",
+                 "adversarial_clean_weight", "remedies_apply_to")
+
+#: Values of identity keys added later, for a ``run.json`` written before
+#: them: such a work directory was made without the Appendix E remedies.
+IDENTITY_DEFAULTS = {**remedies_lib.RECORD_DEFAULTS, "remedies_apply_to": None}
 
 
 class TrainingDivergedError(UserError):
@@ -167,12 +184,18 @@ class SeededBatches:
     batch's mean loss; weights are 1 when k divides the batch. A final batch
     with fewer than k samples is dropped.
 
+    With ``augment`` (e.g. `keras_sharpness.remedies.ImageAugmentation`),
+    every batch ``x`` is replaced by ``augment(x, augmentation_key(seed, epoch,
+    batch))`` before it is cut into micro-batches: the augmented batches too
+    are a function of (seed, epoch) alone.
+
     `as_dataset` gives a `tf.data.Dataset` that reads `epoch` each time it is
     iterated; the `FollowEpoch` callback sets it at the start of every epoch
     of `fit`, including the first epoch of a resumed run.
     """
 
-    def __init__(self, x, y, batch_size, *, seed=0, accumulation_steps=1):
+    def __init__(self, x, y, batch_size, *, seed=0, accumulation_steps=1, augment=None):
+        self.augment = augment
         self.x = np.asarray(x, dtype=np.float32)
         self.y = np.asarray(y, dtype=np.int64)
         self.batch_size = int(batch_size)
@@ -203,12 +226,15 @@ class SeededBatches:
         k = self.accumulation_steps
         for batch in range(self.num_batches):
             whole = order[batch * self.batch_size:(batch + 1) * self.batch_size]
+            x = self.x[whole]
+            if self.augment is not None:
+                x = self.augment(x, remedies_lib.augmentation_key(self.seed, epoch, batch))
             if k == 1:
-                yield self.x[whole], self.y[whole]
+                yield x, self.y[whole]
                 continue
-            for piece in np.array_split(whole, k):
-                weight = np.full(len(piece), k * len(piece) / len(whole), np.float32)
-                yield self.x[piece], self.y[piece], weight
+            for part in np.array_split(np.arange(len(whole)), k):
+                weight = np.full(len(part), k * len(part) / len(whole), np.float32)
+                yield x[part], self.y[whole[part]], weight
 
     def as_dataset(self):
         """A `tf.data.Dataset` of the batches of epoch `self.epoch` (read per pass)."""
@@ -369,7 +395,9 @@ def train_minimizer(x0, network, info, x_train, y_train, *, batch_size, out_path
                     until_converged=False, patience=5, min_delta=1e-4,
                     max_epochs=500, seed=0, strategy="default",
                     accumulation_steps=1, bn_mode="batch", verbose=1,
-                    callbacks=(), builder=None):
+                    callbacks=(), builder=None, augment=False, conservative_lambda=0.0,
+                    conservative_steps=3, adversarial_eps=0.0,
+                    adversarial_clean_weight=0.5):
     """Trains x0 with Adam at one batch size and saves the result.
 
     Args:
@@ -394,12 +422,21 @@ def train_minimizer(x0, network, info, x_train, y_train, *, batch_size, out_path
         callbacks: more Keras callbacks (tests use one that interrupts).
         builder: ``builder(synchronized) -> keras.Model`` replacing
             ``build_network(network, ...)`` (e.g. a BN-free model in tests).
+        augment: Appendix E data augmentation of the training batches (image
+            inputs only; `keras_sharpness.remedies.ImageAugmentation`).
+        conservative_lambda: conservative training (Li et al. 2014) with this
+            proximal weight when > 0 (the paper: 1e-3).
+        conservative_steps: Adam iterations per batch of conservative training.
+        adversarial_eps: FGSM adversarial training with this step when > 0.
+        adversarial_clean_weight: weight alpha of the clean loss in FGSM
+            training (Goodfellow et al.: 0.5).
 
     Returns:
         The trained model (plain network, uncompiled, weights of the run).
 
     Raises:
         TrainingDivergedError: the loss became NaN or Inf.
+        UserError: remedy settings out of range or not applicable to the data.
     """
     import keras
     import tensorflow as tf
@@ -418,6 +455,14 @@ def train_minimizer(x0, network, info, x_train, y_train, *, batch_size, out_path
         raise UserError(f"{run_name} batch size {batch_size} is not divisible by the "
                         f"{strategy.num_replicas_in_sync} replicas of --strategy")
     cap = int(max_epochs) if until_converged else int(epochs)
+    remedies = remedies_lib.Remedies(
+        augment=bool(augment), conservative_lambda=float(conservative_lambda),
+        conservative_steps=int(conservative_steps), adversarial_eps=float(adversarial_eps),
+        adversarial_clean_weight=float(adversarial_clean_weight))
+    remedies.check(np.shape(x_train)[1:], k)
+    # Created outside the strategy scope: its seed state is a plain variable
+    # of the input pipeline, reset for every batch.
+    augmentation = remedies_lib.ImageAugmentation() if remedies.augment else None
 
     # Same seed before building: dropout seeds match across runs and resumes.
     if builder is None:
@@ -425,19 +470,22 @@ def train_minimizer(x0, network, info, x_train, y_train, *, batch_size, out_path
             return _build(network, info, bn_mode, synchronized=synchronized)
     keras.utils.set_random_seed(int(seed))
     with strategy.scope():
-        model = builder(synchronized)
-        model.set_weights(x0.get_weights())
+        plain = builder(synchronized)
+        plain.set_weights(x0.get_weights())
+        # `plain` itself, or a RemedyModel sharing its layers and weights.
+        model = remedies_lib.remedy_model(plain, remedies)
         optimizer = keras.optimizers.Adam(
             gradient_accumulation_steps=k if k > 1 else None)
         model.compile(optimizer=optimizer,
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                       metrics=["accuracy"])
 
-    data = SeededBatches(x_train, y_train, batch_size, seed=seed, accumulation_steps=k)
+    data = SeededBatches(x_train, y_train, batch_size, seed=seed, accumulation_steps=k,
+                         augment=augmentation)
     header = {"run": run_name, "batch_size": batch_size, "accumulation_steps": k,
               "strategy": type(strategy).__name__,
               "replicas": strategy.num_replicas_in_sync, "seed": seed,
-              "train_size": len(x_train)}
+              "train_size": len(x_train), **remedies.record()}
     history = HistoryWriter(history_path, header, write=chief)
     done = [e["loss"] for e in history.epochs]
     if until_converged and converged(done, patience, min_delta):
@@ -455,12 +503,13 @@ def train_minimizer(x0, network, info, x_train, y_train, *, batch_size, out_path
         print(f"{run_name}: batch {batch_size}"
               + (f" ({k} micro-batches of ~{batch_size // k})" if k > 1 else "")
               + f", {cap} epochs" + (" at most" if until_converged else "")
-              + f", {strategy.num_replicas_in_sync} replica(s)", flush=True)
+              + f", {strategy.num_replicas_in_sync} replica(s)"
+              + (f"; {remedies.describe()}" if remedies.any else ""), flush=True)
     model.fit(data.as_dataset(), epochs=cap, shuffle=False, verbose=verbose,
               callbacks=all_callbacks)
 
     trained = builder(False)
-    trained.set_weights([np.asarray(w) for w in model.get_weights()])
+    trained.set_weights([np.asarray(w) for w in plain.get_weights()])
     if chief:
         io.save_model(trained, out_path)
         io.write_json(history_path, {**header, "finished": True, "epochs": history.epochs})
@@ -512,6 +561,7 @@ def check_workdir(workdir, record):
             f"workdir {workdir} holds checkpoints of network {old.get('network')} on "
             f"{old.get('dataset')}, not {record['network']} on {record['dataset']}; use "
             f"another --workdir")
+    old, record = {**IDENTITY_DEFAULTS, **old}, {**IDENTITY_DEFAULTS, **record}
     differ = [k for k in IDENTITY_KEYS if k in old and old[k] != record.get(k)]
     if differ and checkpoints:
         diffs = ", ".join(f"{k}={old[k]!r} (now {record.get(k)!r})" for k in differ)
@@ -523,13 +573,16 @@ def train_sb_lb(data, network, workdir, *, dataset, data_dir=None, sb_batch_size
                 lb_batch_size=5000, epochs=20, until_converged=False, patience=5,
                 min_delta=1e-4, max_epochs=500, seed=0, strategy="default",
                 accumulation_steps=1, bn_mode="batch", train_size=None,
-                test_size=None, verbose=1, callbacks=()):
+                test_size=None, verbose=1, callbacks=(), augment=False,
+                conservative_lambda=0.0, conservative_steps=3, adversarial_eps=0.0,
+                adversarial_clean_weight=0.5, remedies_apply_to="lb"):
     """Trains (or reuses) the SB and LB minimizers from one x0 in `workdir`.
 
     The work directory holds ``x0.keras``, ``sb.keras``, ``lb.keras``,
     ``sb_history.json``, ``lb_history.json``, ``backups/{sb,lb}/`` while a run
     is unfinished, and ``run.json`` (network, dataset, data_dir, bn_mode, seed,
-    batch sizes, epochs, versions...). Accumulation applies to LB only.
+    batch sizes, epochs, Appendix E remedies, versions...). Accumulation
+    applies to LB only; the remedies to the runs named by `remedies_apply_to`.
 
     Args:
         data: `keras_sharpness.data.ArrayData`.
@@ -540,6 +593,10 @@ def train_sb_lb(data, network, workdir, *, dataset, data_dir=None, sb_batch_size
         sb_batch_size, lb_batch_size: counts, or fractions (< 1) of the
             training set.
         train_size, test_size: subset sizes requested (recorded).
+        augment, conservative_lambda, conservative_steps, adversarial_eps,
+            adversarial_clean_weight: Appendix E remedies, see
+            `train_minimizer` and `keras_sharpness.remedies`.
+        remedies_apply_to: ``"lb"`` (default), ``"sb"`` or ``"both"``.
         Other arguments: see `train_minimizer`.
 
     Returns:
@@ -552,6 +609,16 @@ def train_sb_lb(data, network, workdir, *, dataset, data_dir=None, sb_batch_size
     n = data.info.train_size
     sb = resolve_batch_size(sb_batch_size, n, name="SB batch size")
     lb = resolve_batch_size(lb_batch_size, n, name="LB batch size")
+    remedies = remedies_lib.Remedies(
+        augment=bool(augment), conservative_lambda=float(conservative_lambda),
+        conservative_steps=int(conservative_steps), adversarial_eps=float(adversarial_eps),
+        adversarial_clean_weight=float(adversarial_clean_weight))
+    if remedies_apply_to not in remedies_lib.APPLY_TO:
+        raise UserError(f"remedies_apply_to must be one of {', '.join(remedies_lib.APPLY_TO)}, "
+                        f"got {remedies_apply_to!r}")
+    remedied = {"lb": ("lb",), "sb": ("sb",), "both": ("sb", "lb")}[remedies_apply_to]
+    remedies.check(data.info.input_shape,
+                   int(accumulation_steps or 1) if "lb" in remedied else 1)
     strategy_obj = make_strategy(strategy) if isinstance(strategy, str) else strategy
     record = {
         "network": network, "dataset": canonical_source(dataset),
@@ -567,6 +634,8 @@ def train_sb_lb(data, network, workdir, *, dataset, data_dir=None, sb_batch_size
         "min_delta": float(min_delta) if until_converged else None,
         "max_epochs": int(max_epochs) if until_converged else None,
         "accumulation_steps": int(accumulation_steps or 1),
+        **remedies.record(),
+        "remedies_apply_to": remedies_apply_to if remedies.any else None,
         "strategy": strategy if isinstance(strategy, str) else type(strategy).__name__,
         "optimizer": "Adam (Keras defaults)",
         "versions": io.versions(),
@@ -577,6 +646,7 @@ def train_sb_lb(data, network, workdir, *, dataset, data_dir=None, sb_batch_size
         io.write_json(workdir / "run.json", record)
     x0 = initial_point(workdir / "x0.keras", network, data.info, seed=seed, bn_mode=bn_mode)
     models = {"x0": x0, "record": record}
+    options = dataclasses.asdict(remedies)
     for name, batch, k in (("sb", sb, 1), ("lb", lb, int(accumulation_steps or 1))):
         out = workdir / f"{name}.keras"
         if out.is_file():
@@ -591,7 +661,8 @@ def train_sb_lb(data, network, workdir, *, dataset, data_dir=None, sb_batch_size
             epochs=epochs, until_converged=until_converged, patience=patience,
             min_delta=min_delta, max_epochs=max_epochs, seed=seed,
             strategy=strategy_obj, accumulation_steps=k, bn_mode=bn_mode,
-            verbose=verbose, callbacks=callbacks)
+            verbose=verbose, callbacks=callbacks,
+            **(options if name in remedied else {}))
     backups = workdir / "backups"
     if backups.is_dir() and not any(backups.iterdir()):
         backups.rmdir()
