@@ -17,7 +17,9 @@ source                    what it is
 ``folder:PATH``           images in ``PATH/train/<class>/*`` and
                           ``PATH/test/<class>/*``; PATH may also be a
                           ``.tar``/``.tar.gz`` archive of such a folder (read
-                          without extracting). Classes are sorted by name.
+                          without extracting). Classes are numbered in name
+                          order; examples come in a fixed random order, not
+                          grouped by class (see `ArrayData.shuffled`).
 ``digits``                scikit-learn's 8x8 handwritten digits (1797 images,
                           10 classes), shipped inside scikit-learn: the
                           offline demo set. Seeded 80/20 train/test split.
@@ -109,6 +111,24 @@ class ArrayData:
                         test_size=len(x_test))
         return cls(x_train, y_train, x_test, y_test, info)
 
+    def shuffled(self, seed=0):
+        """Both splits in a seeded random order (the same examples).
+
+        Order matters wherever batches are fixed: with BatchNorm batch
+        statistics at evaluation (Keras 1 ``mode=2``) a batch of one class
+        normalizes the class away. Folder listings come sorted by class, so
+        `load_arrays` returns them shuffled.
+        """
+        parts = []
+        for index, (x, y) in enumerate(((self.x_train, self.y_train), (self.x_test, self.y_test))):
+            order = np.random.default_rng([seed, index]).permutation(len(x))
+            parts += [x[order], y[order]]
+        shuffled = ArrayData.from_arrays(*parts, name=self.info.name,
+                                         num_classes=self.info.num_classes)
+        if hasattr(self, "class_names"):
+            shuffled.class_names = self.class_names
+        return shuffled
+
     def subset(self, train_size=None, test_size=None, seed=0):
         """A seeded random subset of each split (None keeps a split whole)."""
         rng = np.random.default_rng(seed)
@@ -186,6 +206,8 @@ def load_arrays(source, *, data_dir=None, train_size=None, test_size=None, seed=
         raise DataError(f"unknown data source {source!r}; use one of {SOURCES_HELP}")
     if train_size is not None or test_size is not None:
         data = data.subset(train_size, test_size, seed=seed)
+    if kind == "folder":
+        data = data.shuffled(seed=0)  # listings are sorted by class
     return data
 
 

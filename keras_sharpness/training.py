@@ -575,7 +575,7 @@ def train_sb_lb(data, network, workdir, *, dataset, data_dir=None, sb_batch_size
                 accumulation_steps=1, bn_mode="batch", train_size=None,
                 test_size=None, verbose=1, callbacks=(), augment=False,
                 conservative_lambda=0.0, conservative_steps=3, adversarial_eps=0.0,
-                adversarial_clean_weight=0.5, remedies_apply_to="lb"):
+                adversarial_clean_weight=0.5, remedies_apply_to="lb", data_seed=None):
     """Trains (or reuses) the SB and LB minimizers from one x0 in `workdir`.
 
     The work directory holds ``x0.keras``, ``sb.keras``, ``lb.keras``,
@@ -593,6 +593,7 @@ def train_sb_lb(data, network, workdir, *, dataset, data_dir=None, sb_batch_size
         sb_batch_size, lb_batch_size: counts, or fractions (< 1) of the
             training set.
         train_size, test_size: subset sizes requested (recorded).
+        data_seed: seed the subsets were drawn with (recorded; default `seed`).
         augment, conservative_lambda, conservative_steps, adversarial_eps,
             adversarial_clean_weight: Appendix E remedies, see
             `train_minimizer` and `keras_sharpness.remedies`.
@@ -624,6 +625,9 @@ def train_sb_lb(data, network, workdir, *, dataset, data_dir=None, sb_batch_size
         "network": network, "dataset": canonical_source(dataset),
         "data_dir": None if data_dir is None else str(pathlib.Path(data_dir).expanduser().resolve()),
         "bn_mode": bn_mode, "seed": int(seed),
+        # Seed of the train/test subsets (`load_arrays(..., seed=)`), when it
+        # differs from the run's seed (e.g. trials of one data subset).
+        "data_seed": int(seed if data_seed is None else data_seed),
         "train_size": train_size, "test_size": test_size,
         "data": data.info.to_dict(),
         "sb_batch_size": sb, "lb_batch_size": lb,

@@ -59,12 +59,14 @@ def test_npz_float_features_are_kept(tmp_path):
 
 
 def test_folder_and_tar_archive(tmp_path):
-    root = write_folder(tmp_path / "imgs")
+    root = write_folder(tmp_path / "imgs", per_class=6)
     data = load_arrays(f"folder:{root}")
     assert data.info.input_shape == (5, 4, 3)
     assert data.info.num_classes == 2 and data.class_names == ["cat", "dog"]
-    assert (data.info.train_size, data.info.test_size) == (6, 6)
-    assert sorted(np.bincount(data.y_train)) == [3, 3]
+    assert (data.info.train_size, data.info.test_size) == (12, 12)
+    assert sorted(np.bincount(data.y_train)) == [6, 6]
+    # Not grouped by class: fixed batches must not hold a single class.
+    assert not (np.all(np.diff(data.y_train) >= 0) and np.all(np.diff(data.y_test) >= 0))
     archive = tmp_path / "imgs.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(root / "train", arcname="train")

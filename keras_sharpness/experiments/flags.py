@@ -84,7 +84,8 @@ def common_from_flags(FLAGS, experiment):
         lb_batch_size=number(FLAGS.lb_batch_size, "lb_batch_size"),
         epochs=FLAGS.epochs, until_converged=FLAGS.until_converged,
         patience=FLAGS.patience, min_delta=FLAGS.min_delta, max_epochs=FLAGS.max_epochs,
-        train_size=FLAGS.train_size, test_size=FLAGS.test_size, data_dir=FLAGS.data_dir)
+        train_size=FLAGS.train_size, test_size=FLAGS.test_size, data_dir=FLAGS.data_dir,
+        data_seed=FLAGS.seed)
     workdir = pathlib.Path(FLAGS.workdir or f"runs/{experiment}_{network}")
     return dict(network=network, dataset=canonical_source(dataset), data=data,
                 settings=settings, training_kwargs=training_kwargs, workdir=workdir,
