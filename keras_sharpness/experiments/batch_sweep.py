@@ -99,17 +99,12 @@ def main(argv):
     print(f"wrote {common['workdir'] / 'batch_sweep.json'} and {', '.join(result['figures'])}")
 
 
-if __name__ == "__main__":
-    from keras_sharpness.cli import quiet_tensorflow, run as run_app
-
-    quiet_tensorflow()
-    from absl import flags
-
-    from keras_sharpness.experiments.flags import define_common_flags
-
-    define_common_flags()
+def define_flags(flags):
     flags.DEFINE_list("batch_sizes", ["32", "64", "128", "256", "512", "1024", "2048"],
                       "Batch sizes (counts, or fractions < 1 of the training set).")
-    flags.FLAGS.set_default("subspace_dims", ["0"])
-    flags.FLAGS.set_default("eps", ["1e-3"])
-    run_app(main)
+
+
+if __name__ == "__main__":
+    from keras_sharpness.experiments.flags import start
+
+    start(main, define_flags)

@@ -90,3 +90,36 @@ def common_from_flags(FLAGS, experiment):
     return dict(network=network, dataset=canonical_source(dataset), data=data,
                 settings=settings, training_kwargs=training_kwargs, workdir=workdir,
                 figures_dir=pathlib.Path(FLAGS.figures_dir), verbose=FLAGS.verbose)
+
+
+def resolved_batch_sizes(common):
+    """(SB, LB) batch sizes of the common flags as sample counts."""
+    from keras_sharpness.training import resolve_batch_size
+
+    n = common["data"].info.train_size
+    kw = common["training_kwargs"]
+    return (resolve_batch_size(kw["sb_batch_size"], n, name="SB batch size"),
+            resolve_batch_size(kw["lb_batch_size"], n, name="LB batch size"))
+
+
+def start(main, define_flags=None, *, one_sharpness=True):
+    """The `__main__` of an experiment: quiet TF, flags, one-line errors.
+
+    Args:
+        main: the absl main.
+        define_flags: defines the command's own flags (called with `absl.flags`).
+        one_sharpness: figures plot one sharpness per point, so default to
+            ``--eps=1e-3 --subspace_dims=0`` (full space).
+    """
+    from keras_sharpness.cli import quiet_tensorflow, run
+
+    quiet_tensorflow()
+    from absl import flags
+
+    define_common_flags()
+    if define_flags is not None:
+        define_flags(flags)
+    if one_sharpness:
+        flags.FLAGS.set_default("subspace_dims", ["0"])
+        flags.FLAGS.set_default("eps", ["1e-3"])
+    run(main)

@@ -75,35 +75,27 @@ def main(argv):
     from absl import flags
 
     from keras_sharpness.errors import UserError
-    from keras_sharpness.experiments.flags import common_from_flags
-    from keras_sharpness.training import resolve_batch_size
+    from keras_sharpness.experiments.flags import common_from_flags, resolved_batch_sizes
 
     del argv
     FLAGS = flags.FLAGS
     common = common_from_flags(FLAGS, "trajectory")
     if FLAGS.every < 1 or FLAGS.epochs < FLAGS.every:
         raise UserError("--every must be at least 1 and at most --epochs")
-    n = common["data"].info.train_size
-    kw = common["training_kwargs"]
+    sb_batch_size, lb_batch_size = resolved_batch_sizes(common)
     result = run(common["data"], common["network"], common["workdir"],
                  dataset=common["dataset"], epochs=FLAGS.epochs, every=FLAGS.every,
-                 settings=common["settings"],
-                 sb_batch_size=resolve_batch_size(kw["sb_batch_size"], n),
-                 lb_batch_size=resolve_batch_size(kw["lb_batch_size"], n),
-                 figures_dir=common["figures_dir"], seed=FLAGS.seed, verbose=common["verbose"])
+                 settings=common["settings"], sb_batch_size=sb_batch_size,
+                 lb_batch_size=lb_batch_size, figures_dir=common["figures_dir"],
+                 seed=FLAGS.seed, verbose=common["verbose"])
     print(f"wrote {common['workdir'] / 'trajectory.json'} and {', '.join(result['figures'])}")
 
 
-if __name__ == "__main__":
-    from keras_sharpness.cli import quiet_tensorflow, run as run_app
-
-    quiet_tensorflow()
-    from absl import flags
-
-    from keras_sharpness.experiments.flags import define_common_flags
-
-    define_common_flags()
+def define_flags(flags):
     flags.DEFINE_integer("every", 5, "Measure every k-th epoch's iterate.")
-    flags.FLAGS.set_default("subspace_dims", ["0"])
-    flags.FLAGS.set_default("eps", ["1e-3"])
-    run_app(main)
+
+
+if __name__ == "__main__":
+    from keras_sharpness.experiments.flags import start
+
+    start(main, define_flags)

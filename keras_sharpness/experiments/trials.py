@@ -194,14 +194,11 @@ def main(argv):
     print(f"wrote {common['workdir'] / 'tables.json'} and tables.md")
 
 
-if __name__ == "__main__":
-    from keras_sharpness.cli import quiet_tensorflow, run as run_app
-
-    quiet_tensorflow()
-    from absl import flags
-
-    from keras_sharpness.experiments.flags import define_common_flags
-
-    define_common_flags()
+def define_flags(flags):
     flags.DEFINE_integer("trials", 5, "Number of trials (seeds 0..N-1).")
-    run_app(main)
+
+
+if __name__ == "__main__":
+    from keras_sharpness.experiments.flags import start
+
+    start(main, define_flags, one_sharpness=False)
