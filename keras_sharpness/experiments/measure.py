@@ -1,6 +1,7 @@
 """Measurements shared by the experiments: accuracy and sharpness of a model."""
 
 import dataclasses
+import functools
 import json
 import pathlib
 
@@ -65,12 +66,25 @@ def sharpness_records(model, data, settings, *, eps=None, subspace_dims=None, pr
                              num_samples=settings.num_samples, seed=settings.seed)
     records = []
     for p in settings.subspace_dims if subspace_dims is None else subspace_dims:
+        subspace = _subspace(objective.num_params, int(p), settings.seed)
         for e in settings.eps if eps is None else eps:
             result = sharpness(objective, eps=float(e), subspace_dim=int(p),
                                maxiter=settings.maxiter, seed=settings.seed,
-                               start=settings.start, progress=progress)
+                               start=settings.start, progress=progress, subspace=subspace)
             records.append(result.to_dict())
     return records
+
+
+@functools.lru_cache(maxsize=1)
+def _subspace(n, p, seed):
+    """A (a function of n, p, seed), built once and shared by every eps and model.
+
+    Building a random A and its Gram matrix costs seconds for millions of
+    weights; SB and LB of one network, and every eps, use the same A.
+    """
+    from keras_sharpness.sharpness import make_subspace
+
+    return make_subspace(n, p, seed)
 
 
 def weight_distance(a, b):
