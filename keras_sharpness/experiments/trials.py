@@ -143,7 +143,7 @@ def markdown(data, network):
                                      for e in eps for m in ("sb", "lb")])
         out += [f"### {title} ({network})", "", reports.markdown_table(header, rows), ""]
     d = data["distance_ratio"]
-    out.append(f"||x_SB - x0|| / ||x_LB - x0|| = {_cell(d)} (paper: between 3 and 10)")
+    out.append(f"Distance ratio ||x_SB - x0|| / ||x_LB - x0|| = {_cell(d)} (paper: between 3 and 10)")
     return "\n".join(out) + "\n"
 
 
