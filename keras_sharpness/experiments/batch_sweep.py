@@ -81,7 +81,7 @@ def main(argv):
     from absl import flags
 
     from keras_sharpness.errors import UserError
-    from keras_sharpness.experiments.flags import common_from_flags, number
+    from keras_sharpness.experiments.flags import common_from_flags, number, run_arguments
 
     del argv
     FLAGS = flags.FLAGS
@@ -89,11 +89,8 @@ def main(argv):
     sizes = [number(b, "batch_sizes") for b in FLAGS.batch_sizes]
     if not sizes:
         raise UserError("--batch_sizes needs at least one batch size")
-    result = run(common["data"], common["network"], common["workdir"],
-                 dataset=common["dataset"], batch_sizes=sizes, settings=common["settings"],
-                 training_kwargs=common["training_kwargs"],
-                 figures_dir=common["figures_dir"], seed=FLAGS.seed,
-                 verbose=common["verbose"])
+    result = run(batch_sizes=sizes, training_kwargs=common["training_kwargs"],
+                 **run_arguments(common, FLAGS))
     for b, a, p in zip(result["batch_sizes"], result["test_acc"], result["sharpness"]):
         print(f"batch {b:>6}: test accuracy {100 * a:6.2f}%  sharpness {p:.4g}")
     print(f"wrote {common['workdir'] / 'batch_sweep.json'} and {', '.join(result['figures'])}")

@@ -123,3 +123,10 @@ def start(main, define_flags=None, *, one_sharpness=True):
         flags.FLAGS.set_default("subspace_dims", ["0"])
         flags.FLAGS.set_default("eps", ["1e-3"])
     run(main)
+
+
+def run_arguments(common, FLAGS):
+    """Keyword arguments every figure experiment's `run` takes, from the flags."""
+    return dict(data=common["data"], network=common["network"], workdir=common["workdir"],
+                dataset=common["dataset"], settings=common["settings"],
+                figures_dir=common["figures_dir"], seed=FLAGS.seed, verbose=common["verbose"])

@@ -75,7 +75,11 @@ def main(argv):
     from absl import flags
 
     from keras_sharpness.errors import UserError
-    from keras_sharpness.experiments.flags import common_from_flags, resolved_batch_sizes
+    from keras_sharpness.experiments.flags import (
+        common_from_flags,
+        resolved_batch_sizes,
+        run_arguments,
+    )
 
     del argv
     FLAGS = flags.FLAGS
@@ -83,11 +87,8 @@ def main(argv):
     if FLAGS.every < 1 or FLAGS.epochs < FLAGS.every:
         raise UserError("--every must be at least 1 and at most --epochs")
     sb_batch_size, lb_batch_size = resolved_batch_sizes(common)
-    result = run(common["data"], common["network"], common["workdir"],
-                 dataset=common["dataset"], epochs=FLAGS.epochs, every=FLAGS.every,
-                 settings=common["settings"], sb_batch_size=sb_batch_size,
-                 lb_batch_size=lb_batch_size, figures_dir=common["figures_dir"],
-                 seed=FLAGS.seed, verbose=common["verbose"])
+    result = run(epochs=FLAGS.epochs, every=FLAGS.every, sb_batch_size=sb_batch_size,
+                 lb_batch_size=lb_batch_size, **run_arguments(common, FLAGS))
     print(f"wrote {common['workdir'] / 'trajectory.json'} and {', '.join(result['figures'])}")
 
 

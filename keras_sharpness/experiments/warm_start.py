@@ -83,7 +83,11 @@ def main(argv):
     from absl import flags
 
     from keras_sharpness.errors import UserError
-    from keras_sharpness.experiments.flags import common_from_flags, resolved_batch_sizes
+    from keras_sharpness.experiments.flags import (
+        common_from_flags,
+        resolved_batch_sizes,
+        run_arguments,
+    )
 
     del argv
     FLAGS = flags.FLAGS
@@ -91,11 +95,9 @@ def main(argv):
     if FLAGS.every < 1 or FLAGS.sb_epochs < 1 or FLAGS.lb_epochs < 1:
         raise UserError("--every, --sb_epochs and --lb_epochs must be at least 1")
     sb_batch_size, lb_batch_size = resolved_batch_sizes(common)
-    result = run(common["data"], common["network"], common["workdir"],
-                 dataset=common["dataset"], sb_epochs=FLAGS.sb_epochs,
-                 lb_epochs=FLAGS.lb_epochs, every=FLAGS.every, settings=common["settings"],
+    result = run(sb_epochs=FLAGS.sb_epochs, lb_epochs=FLAGS.lb_epochs, every=FLAGS.every,
                  sb_batch_size=sb_batch_size, lb_batch_size=lb_batch_size,
-                 figures_dir=common["figures_dir"], seed=FLAGS.seed, verbose=common["verbose"])
+                 **run_arguments(common, FLAGS))
     print(f"wrote {common['workdir'] / 'warm_start.json'} and {', '.join(result['figures'])}")
 
 
