@@ -38,6 +38,8 @@ flags.DEFINE_integer("batch_size", 1000, "Fixed batch size of f (defines f in ba
 flags.DEFINE_integer("num_samples", None, "Evaluate f on a seeded subset of the training "
                      "set (default: all of it).")
 flags.DEFINE_integer("hessian_topk", 0, "Top Hessian eigenvalues by Lanczos (0: skip).")
+flags.DEFINE_integer("hessian_trace_probes", 0, "Hutchinson probes for the Hessian trace "
+                     "(0: skip; ~100 for a few % error).")
 flags.DEFINE_bool("overwrite", False, "Recompute records already in the report.")
 
 FLAGS = flags.FLAGS
@@ -54,7 +56,8 @@ def main(argv):
         data_dir=FLAGS.data_dir, output=FLAGS.output, subspace_dim=FLAGS.subspace_dim,
         maxiter=FLAGS.maxiter, seed=FLAGS.seed, start=FLAGS.start, bn_eval=FLAGS.bn_eval,
         batch_size=FLAGS.batch_size, num_samples=FLAGS.num_samples,
-        hessian_topk=FLAGS.hessian_topk, overwrite=FLAGS.overwrite)
+        hessian_topk=FLAGS.hessian_topk, hessian_trace_probes=FLAGS.hessian_trace_probes,
+        overwrite=FLAGS.overwrite)
 
 
 if __name__ == "__main__":

@@ -127,7 +127,7 @@ def _read_records(path):
 
 def compute(*, models, data, network, output, eps, subspace_dim=0, maxiter=10, seed=0,
             start="zero", bn_eval="batch", batch_size=1000, num_samples=None,
-            hessian_topk=0, overwrite=False, echo=print):
+            hessian_topk=0, hessian_trace_probes=0, overwrite=False, echo=print):
     """Sharpness (and optionally Hessian eigenvalues) of each model at each eps.
 
     Args:
@@ -142,6 +142,7 @@ def compute(*, models, data, network, output, eps, subspace_dim=0, maxiter=10, s
         batch_size: fixed batch size of f (part of f's definition in batch mode).
         num_samples: seeded subset of the training set (None: all of it).
         hessian_topk: number of top Hessian eigenvalues (0: skip).
+        hessian_trace_probes: Hutchinson probes for tr(H) (0: skip).
         overwrite: recompute records that the report already holds.
         echo: where progress and the table go (one line per call).
 
@@ -160,6 +161,9 @@ def compute(*, models, data, network, output, eps, subspace_dim=0, maxiter=10, s
     if int(hessian_topk) != hessian_topk or hessian_topk < 0:
         raise UserError(f"hessian_topk must be 0 (skip) or a positive integer, "
                         f"got {hessian_topk!r}")
+    if int(hessian_trace_probes) != hessian_trace_probes or hessian_trace_probes < 0:
+        raise UserError(f"hessian_trace_probes must be 0 (skip) or a positive integer, "
+                        f"got {hessian_trace_probes!r}")
     if int(batch_size) != batch_size or batch_size < 1:
         raise UserError(f"batch_size must be a positive integer, got {batch_size!r}")
     # Fail on a bad checkpoint before the (possibly slow) data load.
@@ -183,13 +187,15 @@ def compute(*, models, data, network, output, eps, subspace_dim=0, maxiter=10, s
         used_bn = objective.bn_mode or "none"
         name = network or model.name
         hessian_top = None
+        trace = None
         for value in eps:
             record_key = {"model": label, "checkpoint_sha256": digest, "eps": value,
                           "subspace_dim": int(subspace_dim), "maxiter": int(maxiter),
                           "seed": int(seed), "start": start, "bn_eval": used_bn,
                           "batch_size": int(batch_size), "num_samples": num_samples}
             previous = [r for r in existing if _key(r) == _key(record_key)
-                        and (hessian_topk == 0 or len(r.get("hessian_top", [])) >= hessian_topk)]
+                        and (hessian_topk == 0 or len(r.get("hessian_top", [])) >= hessian_topk)
+                        and (hessian_trace_probes == 0 or r.get("hessian_trace"))]
             if previous:
                 echo(f"{label} eps={value:g}: reusing the record in {output}")
                 done.append(previous[-1])
@@ -203,6 +209,12 @@ def compute(*, models, data, network, output, eps, subspace_dim=0, maxiter=10, s
                     echo(f"{label}: Hessian top {[f'{e:.4g}' for e in hessian_top]} "
                          f"({eig.products} products, {eig.seconds:.1f}s"
                          f"{'' if eig.converged else ', NOT converged'})")
+            if trace is None and hessian_trace_probes:
+                echo(f"{label}: Hessian trace, {hessian_trace_probes} Hutchinson probes...")
+                trace = hessian.hessian_trace(objective, int(hessian_trace_probes),
+                                              seed=seed).to_dict()
+                echo(f"{label}: tr(H) = {trace['trace']:.4g} +- "
+                     f"{trace['standard_error']:.2g} ({trace['seconds']:.1f}s)")
 
             def progress(p, label=label, value=value):
                 echo(f"{label} eps={value:g} iter {p.iteration}/{maxiter}: f={p.f:.6g} "
@@ -227,6 +239,7 @@ def compute(*, models, data, network, output, eps, subspace_dim=0, maxiter=10, s
                 "evaluations": result.evaluations,
                 "seconds": result.seconds,
                 "hessian_top": list(hessian_top),
+                "hessian_trace": trace,
                 "num_params": result.num_params,
                 "num_train_samples": objective.num_samples,
                 "message": result.message,

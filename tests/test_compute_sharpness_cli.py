@@ -64,7 +64,7 @@ def error_lines(stderr):
 def test_workdir_end_to_end(run_dir):
     workdir = run_dir / "run"
     done = run_script("--workdir", workdir, "--eps", "1e-3,5e-4", "--maxiter", "3",
-                      "--hessian_topk", "2")
+                      "--hessian_topk", "2", "--hessian_trace_probes", "4")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert any(re.match(r"SB eps=0\.001 iter 1/3: ", line) for line in lines)
@@ -83,7 +83,11 @@ def test_workdir_end_to_end(run_dir):
             (record["fmax"] - record["f0"]) / (1 + record["f0"]) * 100)
         assert record["sharpness"] >= 0 and len(record["hessian_top"]) == 2
         assert record["bn_eval"] == "batch" and record["start"] == "zero"
+        assert record["hessian_trace"]["probes"] == 4
+        assert np.isfinite(record["hessian_trace"]["trace"])
     by_key = {(r["model"], r["eps"]): r for r in records}
+    # One trace per model, shared by its records for every eps.
+    assert by_key[("SB", 1e-3)]["hessian_trace"] == by_key[("SB", 5e-4)]["hessian_trace"]
     for label in ("SB", "LB"):
         row = rows[0][3 + ["SB", "LB"].index(label)]
         assert float(row) == pytest.approx(by_key[(label, 1e-3)]["sharpness"], rel=1e-3)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from keras_sharpness.errors import UserError
-from keras_sharpness.hessian import power_iteration, top_eigenvalues
+from keras_sharpness.hessian import hessian_trace, power_iteration, top_eigenvalues
 from keras_sharpness.objective import TrainingLoss
 from toy_models import logistic_hessian, logistic_regression, toy_data
 
@@ -46,3 +46,35 @@ def test_same_seed_same_eigenvalues_and_bad_k(logistic):
             top_eigenvalues(objective, k)
     with pytest.raises(UserError, match="method"):
         top_eigenvalues(objective, 1, method="qr")
+
+
+class DiagonalQuadratic:
+    """f(w) = 1/2 w^T diag(d) w: Hutchinson's estimate of tr is exact for it."""
+
+    def __init__(self, d):
+        self.d = np.asarray(d, np.float64)
+        self.num_params = len(self.d)
+
+    def initial_point(self):
+        return np.zeros(self.num_params)
+
+    def hessian_vector_product(self, w, v, non_trainable=None):
+        return self.d * v
+
+
+def test_hutchinson_trace_is_exact_for_a_diagonal_hessian():
+    d = np.array([3.0, -1.0, 0.5, 10.0])
+    result = hessian_trace(DiagonalQuadratic(d), num_probes=3, seed=1)
+    assert result.trace == pytest.approx(d.sum(), abs=1e-12)
+    assert result.standard_error == pytest.approx(0.0, abs=1e-12)
+
+
+def test_hutchinson_trace_estimates_the_logistic_trace(logistic):
+    objective, exact = logistic
+    result = hessian_trace(objective, num_probes=400, seed=0)
+    assert result.probes == 400 and result.standard_error > 0
+    assert abs(result.trace - exact.sum()) < 4 * result.standard_error
+    assert hessian_trace(objective, num_probes=5, seed=3).trace == \
+        hessian_trace(objective, num_probes=5, seed=3).trace
+    with pytest.raises(UserError, match="num_probes"):
+        hessian_trace(objective, num_probes=0)
