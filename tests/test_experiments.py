@@ -84,6 +84,7 @@ def test_batch_sweep_files(tiny, tmp_path):
     assert len(stored["test_acc"]) == len(stored["sharpness"]) == 2
     assert (tmp_path / "fig" / "F1_batch_sweep.png").stat().st_size > 0
     assert (tmp_path / "fig" / "F1_batch_sweep.pdf").stat().st_size > 0
+    assert not (tmp_path / "w" / "backups").exists()  # finished runs leave no backups
     assert result["sharpness"][0] >= 0
 
 

@@ -181,8 +181,12 @@ def train_or_reuse(x0, network, data, path, *, batch_size, seed, bn_mode, traini
     keys = ("epochs", "until_converged", "patience", "min_delta", "max_epochs")
     kwargs = {k: training_kwargs[k] for k in keys if k in training_kwargs}
     batch = resolve_batch_size(batch_size, data.info.train_size, name=f"{run_name} batch size")
-    return train_minimizer(
+    backups = path.parent / "backups"
+    model = train_minimizer(
         x0, network, data.info, data.x_train, data.y_train, batch_size=batch,
         out_path=path, history_path=path.with_name(path.stem + "_history.json"),
-        backup_dir=path.parent / "backups" / path.stem, run_name=run_name, seed=seed,
+        backup_dir=backups / path.stem, run_name=run_name, seed=seed,
         bn_mode=bn_mode, verbose=verbose, callbacks=callbacks, **kwargs)
+    if backups.is_dir() and not any(backups.iterdir()):
+        backups.rmdir()  # every run finished: no backup left to resume from
+    return model
