@@ -33,7 +33,6 @@ what to do.
 
 import dataclasses
 import io
-import os
 import pathlib
 import tarfile
 import threading

@@ -3,13 +3,30 @@
 import pathlib
 
 
-def _pyplot():
+def pyplot():
+    """`matplotlib.pyplot` on the Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig, out_stem):
+    """Saves `fig` as ``<out_stem>.pdf`` and ``.png`` (150 dpi), closes it.
+
+    Returns:
+        The two paths written, (pdf, png).
+    """
+    out_stem = pathlib.Path(out_stem)
+    out_stem.parent.mkdir(parents=True, exist_ok=True)
+    pdf, png = out_stem.with_suffix(".pdf"), out_stem.with_suffix(".png")
+    fig.tight_layout()
+    fig.savefig(pdf)
+    fig.savefig(png, dpi=150)
+    pyplot().close(fig)
+    return pdf, png
 
 
 def plot_parametric(result, out_stem, *, title=None):
@@ -29,7 +46,7 @@ def plot_parametric(result, out_stem, *, title=None):
     Returns:
         The two paths written, (pdf, png).
     """
-    plt = _pyplot()
+    plt = pyplot()
     r = result if isinstance(result, dict) else result.to_dict()
     out_stem = pathlib.Path(out_stem)
     out_stem.parent.mkdir(parents=True, exist_ok=True)
@@ -54,9 +71,4 @@ def plot_parametric(result, out_stem, *, title=None):
     if title is None:
         title = f"{r.get('curve', 'linear')} path, BN: {r.get('bn_semantics', '?')}"
     ax1.set_title(title, fontsize=10)
-    fig.tight_layout()
-    pdf, png = out_stem.with_suffix(".pdf"), out_stem.with_suffix(".png")
-    fig.savefig(pdf)
-    fig.savefig(png, dpi=150)
-    plt.close(fig)
-    return pdf, png
+    return save_figure(fig, out_stem)

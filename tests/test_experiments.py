@@ -68,7 +68,7 @@ def test_trials_tables_and_resume(tiny, tmp_path, monkeypatch):
         raise AssertionError("finished trial was recomputed")
 
     monkeypatch.setattr("keras_sharpness.training.train_minimizer", forbidden)
-    monkeypatch.setattr("keras_sharpness.experiments.trials.sharpness_records", forbidden)
+    monkeypatch.setattr("keras_sharpness.experiments.trials.measure_model", forbidden)
     again, _ = trials.run(tiny, "F1", tmp_path, dataset="tiny", trials=2,
                           settings=SETTINGS, training_kwargs=TRAINING, verbose=0)
     assert again["table3"] == stored["table3"]

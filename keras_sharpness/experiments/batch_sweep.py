@@ -17,10 +17,9 @@ import time
 from keras_sharpness import io
 from keras_sharpness.experiments import figures
 from keras_sharpness.experiments.measure import (
-    accuracy_and_loss,
     cached,
     claim_workdir,
-    sharpness_records,
+    measure_model,
     train_or_reuse,
 )
 
@@ -55,8 +54,7 @@ def run(data, network, workdir, *, dataset, batch_sizes, settings, training_kwar
                                verbose=verbose)
         key = {"batch": batch, "settings": settings.to_dict()}
         measured = cached(workdir / f"batch{batch}_measurements.json", key, lambda: {
-            **accuracy_and_loss(model, data, settings),
-            "sharpness": sharpness_records(model, data, settings)})
+            **measure_model(model, data, settings)})
         points.append({"batch_size": batch, **measured})
         if verbose:
             print(f"B={batch}: test acc {100 * measured['test_acc']:.2f}%, "

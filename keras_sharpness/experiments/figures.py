@@ -1,15 +1,6 @@
 """Figures 4, 5 and 6 (matplotlib Agg; PDF and PNG side by side)."""
 
-import pathlib
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from keras_sharpness.plotting import pyplot, save_figure
 
 
 def _positive(values):
@@ -17,20 +8,9 @@ def _positive(values):
     return [max(float(v), 1e-6) for v in values]
 
 
-def _save(fig, out_stem):
-    out_stem = pathlib.Path(out_stem)
-    out_stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = (out_stem.with_suffix(".pdf"), out_stem.with_suffix(".png"))
-    fig.tight_layout()
-    fig.savefig(paths[0])
-    fig.savefig(paths[1], dpi=150)
-    _pyplot().close(fig)
-    return paths
-
-
 def plot_batch_sweep(batch_sizes, test_acc, phi, out_stem, *, title, phi_label):
     """Figure 4: test accuracy (left) and sharpness (right) against batch size."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax1 = plt.subplots(figsize=(6.4, 4.4))
     ax2 = ax1.twinx()
     ax1.semilogx(batch_sizes, [100 * a for a in test_acc], "b-o", label="test accuracy")
@@ -39,12 +19,12 @@ def plot_batch_sweep(batch_sizes, test_acc, phi, out_stem, *, title, phi_label):
     ax1.set_ylabel("test accuracy (%)", color="b")
     ax2.set_ylabel(phi_label, color="r")
     ax1.set_title(title)
-    return _save(fig, out_stem)
+    return save_figure(fig, out_stem)
 
 
 def plot_warm_start(start_epochs, sb_acc, lb_acc, lb_phi, out_stem, *, title, phi_label):
     """Figure 5: SB and LB test accuracy, LB sharpness, against the SB epoch."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax1 = plt.subplots(figsize=(6.4, 4.4))
     ax2 = ax1.twinx()
     ax1.plot(start_epochs, [100 * a for a in sb_acc], "b-o", label="SB iterate, test acc.")
@@ -56,7 +36,7 @@ def plot_warm_start(start_epochs, sb_acc, lb_acc, lb_phi, out_stem, *, title, ph
     lines = ax1.get_lines() + ax2.get_lines()
     ax1.legend(lines, [line.get_label() for line in lines], loc="best", fontsize=8)
     ax1.set_title(title)
-    return _save(fig, out_stem)
+    return save_figure(fig, out_stem)
 
 
 def plot_trajectory(curves, out_stem, *, title, phi_label):
@@ -65,7 +45,7 @@ def plot_trajectory(curves, out_stem, *, title, phi_label):
     Args:
         curves: ``{label: (cross_entropies, sharpness_values, epochs)}``.
     """
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for (label, (ce, phi, epochs)), style in zip(curves.items(), ("b-o", "r-s", "g-^")):
         ax.loglog(_positive(ce), _positive(phi), style, label=label)
@@ -76,4 +56,4 @@ def plot_trajectory(curves, out_stem, *, title, phi_label):
     ax.set_ylabel(phi_label)
     ax.legend()
     ax.set_title(title)
-    return _save(fig, out_stem)
+    return save_figure(fig, out_stem)

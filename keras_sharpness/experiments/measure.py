@@ -43,36 +43,61 @@ class MeasureSettings:
         return d
 
 
-def accuracy_and_loss(model, data, settings):
-    """Train/test mean cross-entropy and accuracy (fractions) on whole splits."""
+def _objective(model, x, y, settings, num_samples=None):
     from keras_sharpness.objective import TrainingLoss
 
+    return TrainingLoss(model, x, y, bn_mode=settings.bn_mode,
+                        batch_size=settings.eval_batch_size, num_samples=num_samples,
+                        seed=settings.seed)
+
+
+def accuracy_and_loss(model, data, settings, *, train_objective=None):
+    """Train/test mean cross-entropy and accuracy (fractions) on whole splits.
+
+    `train_objective`, if given, is a whole-training-set objective to reuse.
+    """
     out = {}
     for split, x, y in (("train", data.x_train, data.y_train), ("test", data.x_test, data.y_test)):
-        objective = TrainingLoss(model, x, y, bn_mode=settings.bn_mode,
-                                 batch_size=settings.eval_batch_size)
+        objective = (train_objective if split == "train" and train_objective is not None
+                     else _objective(model, x, y, settings))
         loss, acc = objective.loss_and_accuracy(objective.initial_point())
         out[f"{split}_loss"], out[f"{split}_acc"] = float(loss), float(acc)
     return out
 
 
-def sharpness_records(model, data, settings, *, eps=None, subspace_dims=None, progress=None):
-    """Metric 2.1 of `model` for each (subspace_dim, eps): a list of dicts."""
-    from keras_sharpness.objective import TrainingLoss
+def sharpness_records(model, data, settings, *, objective=None, progress=None):
+    """Metric 2.1 of `model` for each (subspace_dim, eps): a list of dicts.
+
+    `objective`, if given, is the training-set objective to measure (it must
+    match ``settings.num_samples``); otherwise one is built.
+    """
     from keras_sharpness.sharpness import sharpness
 
-    objective = TrainingLoss(model, data.x_train, data.y_train, bn_mode=settings.bn_mode,
-                             batch_size=settings.eval_batch_size,
-                             num_samples=settings.num_samples, seed=settings.seed)
+    if objective is None:
+        objective = _objective(model, data.x_train, data.y_train, settings,
+                               settings.num_samples)
     records = []
-    for p in settings.subspace_dims if subspace_dims is None else subspace_dims:
+    for p in settings.subspace_dims:
         subspace = _subspace(objective.num_params, int(p), settings.seed)
-        for e in settings.eps if eps is None else eps:
+        for e in settings.eps:
             result = sharpness(objective, eps=float(e), subspace_dim=int(p),
                                maxiter=settings.maxiter, seed=settings.seed,
                                start=settings.start, progress=progress, subspace=subspace)
             records.append(result.to_dict())
     return records
+
+
+def measure_model(model, data, settings):
+    """Accuracy and loss on both splits plus the Metric 2.1 records.
+
+    When sharpness uses the whole training set, one objective (one clone of
+    the model, one trace) serves both the training accuracy and sharpness.
+    """
+    train = _objective(model, data.x_train, data.y_train, settings)
+    return {**accuracy_and_loss(model, data, settings, train_objective=train),
+            "sharpness": sharpness_records(
+                model, data, settings,
+                objective=train if settings.num_samples is None else None)}
 
 
 @functools.lru_cache(maxsize=1)

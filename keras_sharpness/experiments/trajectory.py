@@ -17,10 +17,9 @@ from keras_sharpness.experiments import figures
 from keras_sharpness.experiments.batch_sweep import phi_label
 from keras_sharpness.experiments.measure import (
     SaveEvery,
-    accuracy_and_loss,
     cached,
     claim_workdir,
-    sharpness_records,
+    measure_model,
     train_or_reuse,
 )
 
@@ -51,8 +50,7 @@ def run(data, network, workdir, *, dataset, epochs, every, settings, sb_batch_si
             model = io.load_model(iterates / f"epoch{epoch:03d}.keras")
             key = {"epoch": epoch, "settings": settings.to_dict()}
             measured = cached(workdir / f"{name}_epoch{epoch:03d}_measurements.json", key,
-                              lambda: {**accuracy_and_loss(model, data, settings),
-                                       "sharpness": sharpness_records(model, data, settings)})
+                              lambda: measure_model(model, data, settings))
             points.append({"epoch": epoch, **measured})
             if verbose:
                 print(f"{name.upper()} epoch {epoch}: train CE {measured['train_loss']:.4g}, "

@@ -18,9 +18,8 @@ import time
 from keras_sharpness import io, reports
 from keras_sharpness.experiments.measure import (
     MeasureSettings,
-    accuracy_and_loss,
     cached,
-    sharpness_records,
+    measure_model,
     weight_distance,
 )
 
@@ -46,8 +45,7 @@ def run_trial(data, network, trial_dir, *, dataset, seed, settings, training_kwa
         for name in ("sb", "lb"):
             if verbose:
                 print(f"trial {seed}: measuring {name.upper()}", flush=True)
-            out[name] = {**accuracy_and_loss(models[name], data, settings),
-                         "sharpness": sharpness_records(models[name], data, settings)}
+            out[name] = measure_model(models[name], data, settings)
         out["distance_ratio"] = (weight_distance(models["sb"], models["x0"])
                                  / max(weight_distance(models["lb"], models["x0"]), 1e-300))
         out["batch_sizes"] = {"sb": models["record"]["sb_batch_size"],

@@ -22,7 +22,7 @@ from keras_sharpness.experiments.measure import (
     accuracy_and_loss,
     cached,
     claim_workdir,
-    sharpness_records,
+    measure_model,
     train_or_reuse,
 )
 
@@ -56,8 +56,7 @@ def run(data, network, workdir, *, dataset, sb_epochs, lb_epochs, every, setting
         key = {"epoch": epoch, "settings": settings.to_dict()}
         measured = cached(workdir / f"from{epoch:03d}_measurements.json", key, lambda: {
             "sb": accuracy_and_loss(sb_model, data, settings),
-            "lb": {**accuracy_and_loss(lb_model, data, settings),
-                   "sharpness": sharpness_records(lb_model, data, settings)}})
+            "lb": measure_model(lb_model, data, settings)})
         points.append({"sb_epoch": epoch, **measured})
         if verbose:
             print(f"from SB epoch {epoch}: SB test {100 * measured['sb']['test_acc']:.2f}%, "
