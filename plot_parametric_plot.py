@@ -30,10 +30,13 @@ flags.DEFINE_float("sb_batch_size", 256, "Small batch: samples, or a fraction < 
 flags.DEFINE_float("lb_batch_size", 5000, "Large batch: samples, or a fraction < 1 "
                    "of the training set (the paper: 0.1).")
 flags.DEFINE_integer("epochs", 20, "Epochs of each run (as released).")
-flags.DEFINE_bool("until_converged", False, "Train until the training loss stops "
-                  "improving (--patience, --min_delta), at most --max_epochs.")
+flags.DEFINE_bool("until_converged", False, "Train until f over the training set stops "
+                  "improving (--patience, --min_delta), at most --max_epochs; the "
+                  "epoch with the lowest f is kept either way.")
 flags.DEFINE_integer("patience", 5, "Epochs without improvement before stopping.")
-flags.DEFINE_float("min_delta", 1e-4, "Smallest training-loss decrease that counts.")
+flags.DEFINE_float("min_delta", 1e-4, "Smallest decrease of the training-set f that counts.")
+flags.DEFINE_float("relative_min_delta", 0.0, "Smallest decrease of f, relative to the "
+                   "best f, that counts (the larger of the two applies).")
 flags.DEFINE_integer("max_epochs", 500, "Epoch cap with --until_converged.")
 flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multiworker"],
                   "default: one device; mirrored: all local devices, synchronized "
@@ -79,7 +82,7 @@ def main(argv):
         sb_batch_size=FLAGS.sb_batch_size, lb_batch_size=FLAGS.lb_batch_size,
         epochs=FLAGS.epochs, until_converged=FLAGS.until_converged,
         patience=FLAGS.patience, min_delta=FLAGS.min_delta, max_epochs=FLAGS.max_epochs,
-        strategy=FLAGS.strategy, accumulation_steps=FLAGS.accumulation_steps,
+        relative_min_delta=FLAGS.relative_min_delta, strategy=FLAGS.strategy, accumulation_steps=FLAGS.accumulation_steps,
         num_points=FLAGS.num_points, alpha_min=FLAGS.alpha_min, alpha_max=FLAGS.alpha_max,
         curve=FLAGS.curve, bn_eval=FLAGS.bn_eval, eval_batch_size=FLAGS.eval_batch_size,
         workdir=FLAGS.workdir, figures_dir=FLAGS.figures_dir, seed=FLAGS.seed,

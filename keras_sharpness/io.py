@@ -1,5 +1,6 @@
-"""Files: atomic JSON, model checkpoints with one-line errors, provenance."""
+"""Files: atomic writes, model checkpoints with one-line errors, provenance."""
 
+import contextlib
 import json
 import os
 import pathlib
@@ -8,21 +9,88 @@ import tempfile
 
 from keras_sharpness.errors import CheckpointError
 
+#: Temporary files of `atomic_path` start with this (and end in ``.tmp`` plus
+#: the target's suffixes), so leftovers of a killed process can be found.
+TEMP_PREFIX = ".tmp-"
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yields a unique temporary path beside `path`; renames it to `path` on success.
+
+    The writer writes the whole file to the temporary path; on leaving the
+    block it is flushed to disk (fsync) and moved over `path` with
+    `os.replace`, so a kill at any instant leaves either the old file or the
+    new one, never a torn one. The temporary file keeps the target's
+    suffixes (Keras insists on ``.keras`` / ``.weights.h5``). On an error it
+    is removed and the old file is untouched.
+    """
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TEMP_PREFIX}{path.name}.",
+                               suffix=f".tmp{suffix}")
+    os.close(fd)
+    try:
+        yield pathlib.Path(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def remove_temporary_files(folder):
+    """Deletes leftovers of `atomic_path` in `folder` (a killed writer's)."""
+    folder = pathlib.Path(folder)
+    if folder.is_dir():
+        for leftover in folder.glob(f"{TEMP_PREFIX}*"):
+            leftover.unlink(missing_ok=True)
+
 
 def write_json(path, data):
     """Writes `data` as JSON to `path` atomically (never a half-written file)."""
+    text = json.dumps(data, indent=2, sort_keys=False, default=_jsonable) + "\n"
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_arrays(path, arrays, **scalars):
+    """Saves a list of arrays (and scalar fields) to an ``.npz`` atomically.
+
+    `read_arrays` gives them back in order.
+    """
+    import numpy as np
+
+    fields = {f"a{i:04d}": np.asarray(a) for i, a in enumerate(arrays)}
+    fields.update({k: np.asarray(v) for k, v in scalars.items()})
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **fields)
+
+
+def read_arrays(path):
+    """``(arrays, scalars)`` from a `write_arrays` file; `CheckpointError` if unusable."""
+    import numpy as np
+
     path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False, default=_jsonable)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        with np.load(path) as stored:
+            arrays = [stored[k] for k in sorted(stored.files) if k.startswith("a")
+                      and k[1:].isdigit()]
+            scalars = {k: stored[k].item() for k in stored.files
+                       if not (k.startswith("a") and k[1:].isdigit())}
+    except (OSError, ValueError, EOFError) as e:
+        raise CheckpointError(f"{path} is corrupt or unreadable ({e})") from None
+    return arrays, scalars
 
 
 def read_json(path):
@@ -50,11 +118,8 @@ def _jsonable(value):
 
 def save_model(model, path):
     """Saves `model` to a `.keras` file atomically (a kill leaves the old one)."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.keras")
-    model.save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        model.save(tmp)
 
 
 def load_model(path):

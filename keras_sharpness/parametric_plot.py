@@ -27,7 +27,8 @@ def default_dataset(network):
 
 def run(network, *, dataset=None, data_dir=None, train_size=None, test_size=None,
         sb_batch_size=256, lb_batch_size=5000, epochs=20, until_converged=False,
-        patience=5, min_delta=1e-4, max_epochs=500, strategy="default",
+        patience=5, min_delta=1e-4, max_epochs=500, relative_min_delta=0.0,
+        strategy="default",
         accumulation_steps=1, num_points=25, alpha_min=-1.0, alpha_max=2.0,
         curve="linear", bn_eval="batch", eval_batch_size=1000, workdir=None,
         figures_dir="Figures", seed=0, verbose=1, augment=False,
@@ -43,8 +44,8 @@ def run(network, *, dataset=None, data_dir=None, train_size=None, test_size=None
         train_size, test_size: seeded subsets (None: whole splits).
         sb_batch_size, lb_batch_size: samples, or fractions (< 1) of the
             training set.
-        epochs, until_converged, patience, min_delta, max_epochs, strategy,
-            accumulation_steps: see `keras_sharpness.training.train_sb_lb`.
+        epochs, until_converged, patience, min_delta, max_epochs,
+            relative_min_delta, strategy, accumulation_steps: see `keras_sharpness.training.train_sb_lb`.
         num_points, alpha_min, alpha_max, curve, bn_eval, eval_batch_size: see
             `keras_sharpness.parametric.parametric_curve` (``bn_eval`` is its
             ``bn_semantics``).
@@ -101,7 +102,8 @@ def run(network, *, dataset=None, data_dir=None, train_size=None, test_size=None
         data, network, workdir, dataset=dataset, data_dir=data_dir,
         sb_batch_size=sb_batch_size, lb_batch_size=lb_batch_size, epochs=epochs,
         until_converged=until_converged, patience=patience, min_delta=min_delta,
-        max_epochs=max_epochs, seed=seed, strategy=strategy,
+        max_epochs=max_epochs, relative_min_delta=relative_min_delta,
+        eval_batch_size=eval_batch_size, seed=seed, strategy=strategy,
         accumulation_steps=accumulation_steps, train_size=train_size,
         test_size=test_size, verbose=verbose, augment=augment,
         conservative_lambda=conservative_lambda, conservative_steps=conservative_steps,
@@ -121,7 +123,8 @@ def run(network, *, dataset=None, data_dir=None, train_size=None, test_size=None
         "train_size": train_size, "test_size": test_size,
         "sb_batch_size": record["sb_batch_size"], "lb_batch_size": record["lb_batch_size"],
         "epochs": epochs, "until_converged": until_converged, "patience": patience,
-        "min_delta": min_delta, "max_epochs": max_epochs, "strategy": strategy,
+        "min_delta": min_delta, "max_epochs": max_epochs,
+        "relative_min_delta": relative_min_delta, "strategy": strategy,
         "accumulation_steps": accumulation_steps, "num_points": num_points,
         "alpha_min": alpha_min, "alpha_max": alpha_max, "curve": curve,
         "bn_eval": bn_eval, "eval_batch_size": eval_batch_size,

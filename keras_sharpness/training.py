@@ -10,18 +10,21 @@ and its callbacks, and adds what a long run needs:
   seed and the epoch number alone, so a run resumed at epoch k sees exactly the
   batches an uninterrupted run sees (`SeededBatches`). SB and LB use the same
   seed, hence the same permutation of each epoch.
-* **Nothing lost.** ``BackupAndRestore`` writes the weights and optimizer state
-  after every epoch; a killed run restarted with the same arguments resumes at
-  the first unfinished epoch. Per-epoch history is written as JSON as it
-  grows. Finished models (``sb.keras``, ``lb.keras``) are reused.
-* **Non-finite loss** stops the run at once with `TrainingDivergedError` (a
-  `UserError`: one line from the entry points) and keeps the last good
-  per-epoch backup.
-* **Until converged.** With ``until_converged`` the run stops when the
-  training loss has not improved by more than ``min_delta`` for ``patience``
-  epochs (the paper: "until the loss ceased to improve"), at most
-  ``max_epochs``. The decision is a function of the saved history
-  (`converged`), so it survives a resume too.
+* **Nothing lost.** `keras_sharpness.backup.CrashSafeBackup` writes the
+  weights and optimizer state after every epoch, atomically; a killed run
+  restarted with the same arguments resumes at the first unfinished epoch.
+  Per-epoch history is written as JSON as it grows. Finished models
+  (``sb.keras``, ``lb.keras``) are reused.
+* **Ends at a minimizer** (`keras_sharpness.convergence`). Every epoch ends
+  with f and the accuracy over the whole training set, evaluated as the
+  measurements evaluate them. The run keeps the epoch with the lowest f, not
+  the last iterate, and records why it stopped: ``converged`` (with
+  ``until_converged``: f has not improved by more than ``max(min_delta,
+  relative_min_delta * f)`` for ``patience`` epochs, the paper's "until the
+  loss ceased to improve"), ``max_epochs``, or ``diverged`` (a NaN or
+  infinite loss; the best finished epoch is kept, and with none finished
+  `TrainingDivergedError` says so in one line). The decision is a function of
+  the saved history, so it survives a resume too.
 
 Large batches and BatchNorm
 ---------------------------
@@ -81,11 +84,13 @@ IDENTITY_KEYS = ("network", "dataset", "seed", "train_size", "sb_batch_size",
                  "lb_batch_size", "epochs", "until_converged", "patience",
                  "min_delta", "max_epochs", "accumulation_steps", "augment",
                  "conservative_lambda", "conservative_steps", "adversarial_eps",
-                 "adversarial_clean_weight", "remedies_apply_to")
+                 "adversarial_clean_weight", "remedies_apply_to", "relative_min_delta",
+                 "eval_batch_size", "keeps")
 
 #: Values of identity keys added later, for a ``run.json`` written before
 #: them: such a work directory was made without the Appendix E remedies.
-IDENTITY_DEFAULTS = {**remedies_lib.RECORD_DEFAULTS, "remedies_apply_to": None}
+IDENTITY_DEFAULTS = {**remedies_lib.RECORD_DEFAULTS, "remedies_apply_to": None,
+                     "relative_min_delta": None, "eval_batch_size": None, "keeps": "last"}
 
 
 class TrainingDivergedError(UserError):
@@ -251,26 +256,6 @@ class SeededBatches:
 
 
 # --------------------------------------------------------------- callbacks
-def converged(losses, patience, min_delta):
-    """Whether training loss has ceased to improve.
-
-    True when none of the last `patience` epochs improved on the best loss
-    before them by more than `min_delta` (absolute), as `EarlyStopping`
-    with ``monitor="loss"`` decides it, but computed from the history alone
-    so that a resumed run decides the same.
-
-    Args:
-        losses: training loss of every epoch so far, in order.
-        patience: number of epochs without improvement to wait.
-        min_delta: smallest decrease that counts as an improvement.
-    """
-    losses = [float(v) for v in losses]
-    if len(losses) <= patience:
-        return False
-    best_before = min(losses[:-patience])
-    return not any(v < best_before - min_delta for v in losses[-patience:])
-
-
 def _callbacks_module():
     import keras
 
@@ -283,28 +268,6 @@ def _callbacks_module():
 
         def on_epoch_begin(self, epoch, logs=None):
             self.batches.epoch = epoch
-
-    class StopOnNonFiniteLoss(keras.callbacks.Callback):
-        """Raises `TrainingDivergedError` as soon as the loss is NaN or Inf."""
-
-        def __init__(self, run_name, backup_dir):
-            super().__init__()
-            self.run_name = run_name
-            self.backup_dir = backup_dir
-            self.epoch = 0
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.epoch = epoch
-
-        def on_train_batch_end(self, batch, logs=None):
-            loss = (logs or {}).get("loss")
-            if loss is not None and not np.isfinite(float(loss)):
-                kept = (f"the backup of the last finished epoch ({self.epoch}) is kept "
-                        f"in {self.backup_dir}" if self.epoch else "no epoch had finished")
-                raise TrainingDivergedError(
-                    f"{self.run_name} training diverged: loss is {float(loss)} at epoch "
-                    f"{self.epoch + 1}, step {batch + 1}; {kept}; try a smaller batch "
-                    f"or learning rate, or another --seed")
 
     class HistoryWriter(keras.callbacks.Callback):
         """Writes the per-epoch logs to a JSON file after every epoch.
@@ -334,21 +297,7 @@ def _callbacks_module():
                 io.write_json(self.path, {**self.header, "finished": False,
                                           "epochs": self.epochs})
 
-    class StopWhenConverged(keras.callbacks.Callback):
-        """Stops `fit` when `converged` says so, judged on the full history."""
-
-        def __init__(self, history, patience, min_delta):
-            super().__init__()
-            self.history = history
-            self.patience = patience
-            self.min_delta = min_delta
-
-        def on_epoch_end(self, epoch, logs=None):
-            losses = [e["loss"] for e in self.history.epochs]
-            if converged(losses, self.patience, self.min_delta):
-                self.model.stop_training = True
-
-    return FollowEpoch, StopOnNonFiniteLoss, HistoryWriter, StopWhenConverged
+    return FollowEpoch, HistoryWriter
 
 
 def read_history(path):
@@ -397,8 +346,19 @@ def train_minimizer(x0, network, info, x_train, y_train, *, batch_size, out_path
                     accumulation_steps=1, bn_mode="batch", verbose=1,
                     callbacks=(), builder=None, augment=False, conservative_lambda=0.0,
                     conservative_steps=3, adversarial_eps=0.0,
-                    adversarial_clean_weight=0.5):
-    """Trains x0 with Adam at one batch size and saves the result.
+                    adversarial_clean_weight=0.5, relative_min_delta=0.0,
+                    eval_batch_size=1000):
+    """Trains x0 with Adam at one batch size and saves the best epoch.
+
+    After every epoch f and the accuracy over the whole training set are
+    evaluated as the measurements evaluate them (BN policy `bn_mode`, fixed
+    batches of `eval_batch_size`; `keras_sharpness.convergence`); the saved
+    model holds the weights of the epoch with the lowest f (``kept_epoch``),
+    and ``<out>_last.keras`` the last iterate where that differs. The history
+    JSON records per epoch ``loss`` (Keras' running mean), ``train_f`` and
+    ``train_f_accuracy``; at the end ``kept_epoch``, ``stopped_because``
+    (``converged``, ``max_epochs`` or ``diverged``) and ``kept`` (f, accuracy
+    and |grad f| on the training set at the kept point).
 
     Args:
         x0: the initial-point model (its weights are copied; it is not changed).
@@ -411,13 +371,18 @@ def train_minimizer(x0, network, info, x_train, y_train, *, batch_size, out_path
         backup_dir: per-epoch `BackupAndRestore` directory (removed at the end).
         run_name: ``"SB"`` / ``"LB"``, for messages.
         epochs: number of epochs when not `until_converged`.
-        until_converged: stop when `converged` (patience, min_delta), at most
-            `max_epochs` epochs.
+        until_converged: stop when f over the training set has ceased to
+            improve (`keras_sharpness.convergence.converged`: patience,
+            min_delta, relative_min_delta), at most `max_epochs` epochs.
+        relative_min_delta: improvement relative to the best f that counts.
+        eval_batch_size: fixed batch size of the per-epoch f (in ``"batch"``
+            BN mode part of f's definition, as in the measurements).
         seed: seed of the data order (and of dropout).
         strategy: ``"default"``, ``"mirrored"`` or ``"multiworker"``, or a
             `tf.distribute.Strategy`.
         accumulation_steps: gradient accumulation micro-steps per update (1: none).
-        bn_mode: BN evaluation mode saved with the model.
+        bn_mode: BN evaluation mode saved with the model and used for the
+            per-epoch f.
         verbose: `fit` verbosity (1: progress bar).
         callbacks: more Keras callbacks (tests use one that interrupts).
         builder: ``builder(synchronized) -> keras.Model`` replacing
@@ -435,13 +400,18 @@ def train_minimizer(x0, network, info, x_train, y_train, *, batch_size, out_path
         The trained model (plain network, uncompiled, weights of the run).
 
     Raises:
-        TrainingDivergedError: the loss became NaN or Inf.
+        TrainingDivergedError: the loss became NaN or Inf before any epoch
+            finished (with a finished epoch the run stops and keeps the best).
         UserError: remedy settings out of range or not applicable to the data.
     """
     import keras
     import tensorflow as tf
 
-    FollowEpoch, StopOnNonFiniteLoss, HistoryWriter, StopWhenConverged = _callbacks_module()
+    from keras_sharpness import convergence
+    from keras_sharpness.backup import CrashSafeBackup
+    from keras_sharpness.objective import TrainingLoss
+
+    FollowEpoch, HistoryWriter = _callbacks_module()
     if isinstance(strategy, str):
         strategy = make_strategy(strategy)
     synchronized = isinstance(strategy, (tf.distribute.MirroredStrategy,
@@ -482,22 +452,34 @@ def train_minimizer(x0, network, info, x_train, y_train, *, batch_size, out_path
 
     data = SeededBatches(x_train, y_train, batch_size, seed=seed, accumulation_steps=k,
                          augment=augmentation)
+    stop_rule = {"monitor": convergence.MONITOR_KEY, "until_converged": bool(until_converged),
+                 "patience": int(patience), "min_delta": float(min_delta),
+                 "relative_min_delta": float(relative_min_delta), "epoch_cap": cap}
     header = {"run": run_name, "batch_size": batch_size, "accumulation_steps": k,
               "strategy": type(strategy).__name__,
               "replicas": strategy.num_replicas_in_sync, "seed": seed,
-              "train_size": len(x_train), **remedies.record()}
+              "train_size": len(x_train), **remedies.record(),
+              "stop_rule": stop_rule,
+              "train_f": {"bn_mode": bn_mode, "eval_batch_size": int(eval_batch_size),
+                          "num_samples": len(x_train)}}
     history = HistoryWriter(history_path, header, write=chief)
-    done = [e["loss"] for e in history.epochs]
-    if until_converged and converged(done, patience, min_delta):
-        cap = len(done)  # converged before a kill: restore the backup, train no more
     backup_dir = pathlib.Path(backup_dir)
-    backup = keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=False)
-    # Order matters: history before backup, so a kill between them only
-    # repeats an epoch's log entry, which `HistoryWriter` then replaces.
-    all_callbacks = [FollowEpoch(data), StopOnNonFiniteLoss(run_name, backup_dir), history]
-    if until_converged:
-        all_callbacks.append(StopWhenConverged(history, patience, min_delta))
-    all_callbacks += [backup, *callbacks]
+    best_path = backup_dir / "best.npz"
+    done = [e.get(convergence.MONITOR_KEY) for e in history.epochs]
+    if until_converged and convergence.converged(done, patience, min_delta, relative_min_delta):
+        cap = len(done)  # converged before a kill: restore the backup, train no more
+    # f over the training set, evaluated like every measurement evaluates it.
+    objective = TrainingLoss(builder(False), x_train, y_train, bn_mode=bn_mode,
+                             batch_size=int(eval_batch_size))
+    monitor = convergence.TrainingSetMonitor(
+        objective, plain, best_path, history, until_converged=until_converged,
+        patience=int(patience), min_delta=float(min_delta),
+        relative_min_delta=float(relative_min_delta))
+    # Order matters: the monitor adds f to the logs and saves the best
+    # weights, then the history is written, then the backup marks the epoch
+    # finished. A kill between them repeats that epoch identically.
+    all_callbacks = [FollowEpoch(data), monitor, history, CrashSafeBackup(backup_dir),
+                     *callbacks]
 
     if verbose:
         print(f"{run_name}: batch {batch_size}"
@@ -508,11 +490,50 @@ def train_minimizer(x0, network, info, x_train, y_train, *, batch_size, out_path
     model.fit(data.as_dataset(), epochs=cap, shuffle=False, verbose=verbose,
               callbacks=all_callbacks)
 
+    kept_epoch = convergence.best_epoch(history.epochs)
+    if monitor.diverged is not None or kept_epoch is None:
+        epoch, step, loss = monitor.diverged or (len(history.epochs), None, float("nan"))
+        where = f"epoch {epoch}" + (f", step {step}" if step else "")
+        if kept_epoch is None:
+            raise TrainingDivergedError(
+                f"{run_name} training diverged: loss is {loss} at {where} before any epoch "
+                f"finished; try a smaller batch or learning rate, or another --seed")
+        stopped_because = "diverged"
+    elif until_converged and convergence.converged(
+            [e.get(convergence.MONITOR_KEY) for e in history.epochs], patience, min_delta,
+            relative_min_delta):
+        stopped_because = "converged"
+    else:
+        stopped_because = "max_epochs"
+    last = builder(False)
+    last.set_weights([np.asarray(w) for w in plain.get_weights()])
+    best_weights, stored = io.read_arrays(best_path)
+    if int(stored["epoch"]) != kept_epoch:
+        raise CheckpointError(f"{best_path} holds epoch {stored['epoch']}, not the best "
+                              f"epoch {kept_epoch} of {history_path}; delete {backup_dir} "
+                              f"and train again")
     trained = builder(False)
-    trained.set_weights([np.asarray(w) for w in plain.get_weights()])
+    trained.set_weights(best_weights)
+    kept_weights = objective.flatten([np.asarray(v) for v in trained.trainable_variables])
+    kept = {"epoch": kept_epoch,
+            **convergence.kept_point_summary(
+                objective, kept_weights, [np.asarray(v) for v in trained.non_trainable_variables])}
+    final = {"finished": True, "kept_epoch": kept_epoch, "stopped_because": stopped_because,
+             "epochs_run": len(history.epochs), "kept": kept}
+    if monitor.diverged is not None:
+        final["diverged_at"] = dict(zip(("epoch", "step", "loss"), monitor.diverged))
+    last_path = pathlib.Path(out_path).with_name(pathlib.Path(out_path).stem + "_last.keras")
     if chief:
+        if kept_epoch != len(history.epochs) and stopped_because != "diverged":
+            io.save_model(last, last_path)
+            final["last_checkpoint"] = last_path.name
         io.save_model(trained, out_path)
-        io.write_json(history_path, {**header, "finished": True, "epochs": history.epochs})
+        io.write_json(history_path, {**header, **final, "epochs": history.epochs})
+    if verbose:
+        print(f"{run_name}: stopped ({stopped_because}) after {len(history.epochs)} epochs; "
+              f"kept epoch {kept_epoch}: training f={kept['f']:.4g}, accuracy "
+              f"{100 * kept['accuracy']:.2f} %, |grad f|={kept['gradient_norm']:.3g}",
+              flush=True)
     _remove_tree(backup_dir)
     return trained
 
@@ -575,7 +596,8 @@ def train_sb_lb(data, network, workdir, *, dataset, data_dir=None, sb_batch_size
                 accumulation_steps=1, bn_mode="batch", train_size=None,
                 test_size=None, verbose=1, callbacks=(), augment=False,
                 conservative_lambda=0.0, conservative_steps=3, adversarial_eps=0.0,
-                adversarial_clean_weight=0.5, remedies_apply_to="lb", data_seed=None):
+                adversarial_clean_weight=0.5, remedies_apply_to="lb", data_seed=None,
+                relative_min_delta=0.0, eval_batch_size=1000):
     """Trains (or reuses) the SB and LB minimizers from one x0 in `workdir`.
 
     The work directory holds ``x0.keras``, ``sb.keras``, ``lb.keras``,
@@ -598,6 +620,8 @@ def train_sb_lb(data, network, workdir, *, dataset, data_dir=None, sb_batch_size
             adversarial_clean_weight: Appendix E remedies, see
             `train_minimizer` and `keras_sharpness.remedies`.
         remedies_apply_to: ``"lb"`` (default), ``"sb"`` or ``"both"``.
+        relative_min_delta, eval_batch_size: the stop rule and the per-epoch
+            f (`train_minimizer`).
         Other arguments: see `train_minimizer`.
 
     Returns:
@@ -637,6 +661,10 @@ def train_sb_lb(data, network, workdir, *, dataset, data_dir=None, sb_batch_size
         "patience": int(patience) if until_converged else None,
         "min_delta": float(min_delta) if until_converged else None,
         "max_epochs": int(max_epochs) if until_converged else None,
+        "relative_min_delta": float(relative_min_delta) if until_converged else None,
+        "eval_batch_size": int(eval_batch_size),
+        # Which epoch a run keeps: the one with the lowest training-set f.
+        "keeps": "best",
         "accumulation_steps": int(accumulation_steps or 1),
         **remedies.record(),
         "remedies_apply_to": remedies_apply_to if remedies.any else None,
@@ -664,6 +692,7 @@ def train_sb_lb(data, network, workdir, *, dataset, data_dir=None, sb_batch_size
             backup_dir=workdir / "backups" / name, run_name=name.upper(),
             epochs=epochs, until_converged=until_converged, patience=patience,
             min_delta=min_delta, max_epochs=max_epochs, seed=seed,
+            relative_min_delta=relative_min_delta, eval_batch_size=eval_batch_size,
             strategy=strategy_obj, accumulation_steps=k, bn_mode=bn_mode,
             verbose=verbose, callbacks=callbacks,
             **(options if name in remedied else {}))
@@ -674,6 +703,6 @@ def train_sb_lb(data, network, workdir, *, dataset, data_dir=None, sb_batch_size
 
 
 __all__ = ["STRATEGIES", "SeededBatches", "TrainingDivergedError", "canonical_source",
-           "check_workdir", "converged", "epoch_permutation", "initial_point",
+           "check_workdir", "epoch_permutation", "initial_point",
            "make_deterministic", "make_strategy", "read_history", "resolve_batch_size",
            "train_minimizer", "train_sb_lb"]

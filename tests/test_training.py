@@ -91,12 +91,104 @@ def test_seeded_batches_cover_each_epoch_and_weights_average_to_the_batch_mean()
 
 
 def test_converged_pins_the_patience_rule():
-    assert not training.converged([3, 2, 1], patience=2, min_delta=0)
-    assert training.converged([3, 1, 1, 1], patience=2, min_delta=0)
+    from keras_sharpness.convergence import converged
+
+    assert not converged([3, 2, 1], patience=2, min_delta=0)
+    assert converged([3, 1, 1, 1], patience=2, min_delta=0)
     # Improvements smaller than min_delta do not count.
-    assert training.converged([1.0, 0.99, 0.98], patience=2, min_delta=0.05)
-    assert not training.converged([1.0, 0.99, 0.9], patience=2, min_delta=0.05)
-    assert not training.converged([1.0], patience=1, min_delta=0)
+    assert converged([1.0, 0.99, 0.98], patience=2, min_delta=0.05)
+    assert not converged([1.0, 0.99, 0.9], patience=2, min_delta=0.05)
+    assert not converged([1.0], patience=1, min_delta=0)
+    # Relative: 1 % of the best f (0.01 here) is needed; the larger rule wins.
+    assert converged([1e-2, 9.95e-3, 9.92e-3], patience=2, min_delta=0, relative_min_delta=0.01)
+    assert not converged([1e-2, 9.8e-3, 9.9e-3], patience=2, min_delta=0, relative_min_delta=0.01)
+    assert converged([1e-2, 9.8e-3, 9.9e-3], patience=2, min_delta=1e-3, relative_min_delta=0.01)
+    # A NaN never counts as an improvement.
+    assert converged([1.0, float("nan"), float("nan")], patience=2, min_delta=0)
+
+
+def test_the_rule_on_a_loss_spike_stops_late_and_keeps_the_lowest_epoch():
+    """The first landing's failure: 0.008, 0.010, 0.012, 0.050 stopped at the spike."""
+    from keras_sharpness.convergence import best_epoch, converged
+
+    f = [0.5, 0.05, 0.008, 0.010, 0.012, 0.050, 0.009, 0.0085, 0.011]
+    stops = [n for n in range(1, len(f) + 1) if converged(f[:n], patience=5, min_delta=1e-4)]
+    assert stops[0] == 8  # five epochs (4..8) without beating 0.008 by 1e-4
+    entries = [{"epoch": e + 1, "train_f": v} for e, v in enumerate(f[:8])]
+    assert best_epoch(entries) == 3
+    assert best_epoch([{"epoch": 1, "train_f": float("nan")}]) is None
+    assert best_epoch([{"epoch": 1, "train_f": 0.2}, {"epoch": 2, "train_f": 0.2}]) == 1
+
+
+def _weights_recorder(store):
+    import keras
+
+    class Record(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            store[epoch + 1] = [np.array(v) for v in self.model.get_weights()]
+    return Record()
+
+
+def _spike_at(epoch, factor=30.0):
+    """Scales every kernel at the start of `epoch` (0-based): a loss spike."""
+    import keras
+
+    class Spike(keras.callbacks.Callback):
+        def on_epoch_begin(self, e, logs=None):
+            if e == epoch:
+                for v in self.model.trainable_variables:
+                    if len(v.shape) == 2:
+                        v.assign(v * factor)
+    return Spike()
+
+
+def test_a_spike_is_not_kept_the_best_epoch_is(tmp_path):
+    from keras_sharpness.objective import TrainingLoss
+
+    data = _data()
+    builder = _small_net(data.info)
+    snapshots = {}
+    model = _train(tmp_path, data, builder, epochs=5,
+                   callbacks=[_spike_at(4), _weights_recorder(snapshots)])
+    history = json.loads((tmp_path / "history.json").read_text())
+    f = [e["train_f"] for e in history["epochs"]]
+    assert len(f) == 5 and f[4] > min(f[:4]), "the spike must raise f at epoch 5"
+    kept = int(np.argmin(f)) + 1
+    assert history["kept_epoch"] == kept != 5
+    assert history["stopped_because"] == "max_epochs" and history["epochs_run"] == 5
+    for a, b in zip(model.get_weights(), snapshots[kept]):
+        np.testing.assert_array_equal(a, b)
+    # The recorded f is f of the kept weights, evaluated as the metric does.
+    objective = TrainingLoss(model, data.x_train, data.y_train, bn_mode="batch",
+                             batch_size=1000)
+    f_kept, g = objective.value_and_gradient(objective.initial_point())
+    np.testing.assert_allclose(history["kept"]["f"], f_kept, rtol=1e-6)
+    np.testing.assert_allclose(f[kept - 1], f_kept, rtol=1e-6)
+    np.testing.assert_allclose(history["kept"]["gradient_norm"], np.linalg.norm(g), rtol=1e-5)
+    last = training.io.load_model(tmp_path / "out_last.keras")
+    for a, b in zip(last.get_weights(), snapshots[5]):
+        np.testing.assert_array_equal(a, b)
+    assert not (tmp_path / "backup").exists()
+
+
+def test_until_converged_stops_on_the_training_set_f(tmp_path):
+    import keras
+
+    data = _data()
+    builder = _small_net(data.info)
+    keras.utils.set_random_seed(123)
+    training.train_minimizer(
+        builder(False), "F1", data.info, data.x_train, data.y_train, batch_size=32,
+        out_path=tmp_path / "out.keras", history_path=tmp_path / "h.json",
+        backup_dir=tmp_path / "b", until_converged=True, patience=2, min_delta=10.0,
+        max_epochs=50, verbose=0, builder=builder)
+    history = json.loads((tmp_path / "h.json").read_text())
+    # No decrease can beat min_delta = 10: stop after 1 + patience epochs,
+    # keeping the lowest f even though its decrease did not count.
+    assert history["stopped_because"] == "converged" and history["epochs_run"] == 3
+    f = [e["train_f"] for e in history["epochs"]]
+    assert history["kept_epoch"] == int(np.argmin(f)) + 1
+    assert history["stop_rule"]["monitor"] == "train_f"
 
 
 class _Interrupt(Exception):
@@ -145,24 +237,47 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path):
     assert not (tmp_path / "b" / "backup").exists()
 
 
-def test_non_finite_loss_stops_with_one_line_and_keeps_the_backup(tmp_path):
+def _poison_after(epoch):
     import keras
 
     class Poison(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            if epoch == 0:  # after the epoch-1 backup was written
+        def on_epoch_end(self, e, logs=None):
+            if e == epoch:  # after this epoch's f and backup were written
+                kernel = self.model.trainable_variables[0]
+                kernel.assign(np.full(kernel.shape, np.nan, np.float32))
+    return Poison()
+
+
+def test_divergence_stops_the_run_and_keeps_the_best_finished_epoch(tmp_path):
+    data = _data()
+    snapshots = {}
+    model = _train(tmp_path, data, _small_net(data.info), epochs=4,
+                   callbacks=[_weights_recorder(snapshots), _poison_after(1)])
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert history["stopped_because"] == "diverged"
+    assert history["diverged_at"]["epoch"] == 3
+    assert history["kept_epoch"] in (1, 2) and history["epochs_run"] == 3
+    for a, b in zip(model.get_weights(), snapshots[history["kept_epoch"]]):
+        np.testing.assert_array_equal(a, b)
+    assert not (tmp_path / "out_last.keras").exists()
+
+
+def test_divergence_before_any_epoch_finished_is_one_line(tmp_path):
+    import keras
+
+    class PoisonFirst(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            if batch == 1:
                 kernel = self.model.trainable_variables[0]
                 kernel.assign(np.full(kernel.shape, np.nan, np.float32))
 
     data = _data()
     with pytest.raises(training.TrainingDivergedError) as info:
-        _train(tmp_path, data, _small_net(data.info), epochs=3, callbacks=[Poison()])
+        _train(tmp_path, data, _small_net(data.info), epochs=3, callbacks=[PoisonFirst()])
     message = str(info.value)
-    assert "\n" not in message and "diverged" in message and "epoch 2" in message
+    assert "\n" not in message and "diverged" in message and "epoch 1" in message
     assert isinstance(info.value, UserError)
     assert not (tmp_path / "out.keras").exists()
-    backup = list((tmp_path / "backup").rglob("*.weights.h5"))
-    assert backup, "the last good backup must be kept"
 
 
 def test_gradient_accumulation_equals_one_large_batch_without_bn(tmp_path):

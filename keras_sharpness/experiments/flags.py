@@ -30,9 +30,12 @@ def define_common_flags():
     flags.DEFINE_string("sb_batch_size", "256", "SB batch (count, or fraction < 1).")
     flags.DEFINE_string("lb_batch_size", "0.1", "LB batch (count, or fraction < 1; paper 10%).")
     flags.DEFINE_integer("epochs", 20, "Epochs when not --until_converged.")
-    flags.DEFINE_bool("until_converged", False, "Train until the training loss stops improving.")
+    flags.DEFINE_bool("until_converged", False, "Train until f over the training set stops "
+                      "improving; the epoch with the lowest f is kept either way.")
     flags.DEFINE_integer("patience", 5, "Epochs without improvement before stopping.")
-    flags.DEFINE_float("min_delta", 1e-4, "Improvement that counts.")
+    flags.DEFINE_float("min_delta", 1e-4, "Decrease of the training-set f that counts.")
+    flags.DEFINE_float("relative_min_delta", 0.0, "Decrease of f relative to the best f "
+                       "that counts (the larger of the two applies).")
     flags.DEFINE_integer("max_epochs", 500, "Epoch cap with --until_converged.")
     flags.DEFINE_integer("verbose", 1, "0 quiet, 1 progress bars, 2 one line per epoch.")
 
@@ -84,6 +87,7 @@ def common_from_flags(FLAGS, experiment):
         lb_batch_size=number(FLAGS.lb_batch_size, "lb_batch_size"),
         epochs=FLAGS.epochs, until_converged=FLAGS.until_converged,
         patience=FLAGS.patience, min_delta=FLAGS.min_delta, max_epochs=FLAGS.max_epochs,
+        relative_min_delta=FLAGS.relative_min_delta, eval_batch_size=FLAGS.eval_batch_size,
         train_size=FLAGS.train_size, test_size=FLAGS.test_size, data_dir=FLAGS.data_dir,
         data_seed=FLAGS.seed)
     workdir = pathlib.Path(FLAGS.workdir or f"runs/{experiment}_{network}")

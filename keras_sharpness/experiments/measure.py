@@ -203,7 +203,8 @@ def train_or_reuse(x0, network, data, path, *, batch_size, seed, bn_mode, traini
     path = pathlib.Path(path)
     if path.is_file():
         return io.load_model(path)
-    keys = ("epochs", "until_converged", "patience", "min_delta", "max_epochs")
+    keys = ("epochs", "until_converged", "patience", "min_delta", "max_epochs",
+            "relative_min_delta", "eval_batch_size")
     kwargs = {k: training_kwargs[k] for k in keys if k in training_kwargs}
     batch = resolve_batch_size(batch_size, data.info.train_size, name=f"{run_name} batch size")
     backups = path.parent / "backups"

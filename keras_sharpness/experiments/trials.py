@@ -63,6 +63,7 @@ def _identity(record):
     return {k: record.get(k) for k in ("network", "dataset", "seed", "sb_batch_size",
                                          "lb_batch_size", "epochs", "until_converged",
                                          "patience", "min_delta", "max_epochs",
+                                         "relative_min_delta", "eval_batch_size", "keeps",
                                          "train_size", "test_size")}
 
 
