@@ -11,8 +11,12 @@ with the box as bounds and gradient A^T grad f (``maxiter`` iterations, 10 in
 the paper). ``fmax`` is the largest f seen at any point the solver evaluated
 (all of them lie in the box) or at y = 0, so ``phi >= 0`` always.
 
-**Random subspace.** ``subspace_dim = p > 0`` uses a seeded Gaussian A with
-i.i.d. standard normal entries (the paper does not state the distribution).
+**Random subspace.** ``subspace_dim = p > 0`` uses a seeded Gaussian A. The
+paper does not state its scale, and the scale decides the number (the box
+half-widths scale with |A+ x|, the steps A y with A), so it is an explicit,
+recorded choice (`SUBSPACE_SCALES`): ``"gaussian"`` (default), i.i.d.
+standard normal entries, columns of norm ~sqrt(n); ``"normalized"``, the same
+columns scaled to unit norm (as the one public PyTorch implementation does).
 A is a function of ``(n, p, seed)`` only; it is generated in blocks of
 `BLOCK_ROWS` rows, each from its own seed, so products A y and A^T g never
 materialize it whole (C2/C4 have ~15M weights: a dense 15M x 100 float64 A
@@ -32,6 +36,22 @@ does. Every result records the start that made it:
   where the first-order increase of f is largest. It cannot get stuck at a
   stationary x.
 * ``"random"``: uniform in the box, seeded.
+
+`sharpness_multistart` runs several starts and reports the largest phi, with
+every start's value.
+
+**The solver's whole story.** The paper's number is phi after 10 L-BFGS-B
+iterations, but on a sharp minimizer the ascent often takes off only near
+iteration 10, so that number sits on the steep part of the curve. Every
+result therefore carries ``ascent``: phi after each iteration (from the
+largest f seen up to the end of that iteration). A run with ``maxiter=100``
+gives the paper's value as ``ascent[9]`` (the first 10 iterations do not
+depend on ``maxiter``) and a converged value as its last entry. Every
+tolerance is set on purpose: SciPy's defaults (``gtol=1e-5``,
+``ftol=2.2e-9``) end a run at iteration 0 where the gradient at x is tiny,
+which a minimizer's is; here ``gtol = ftol = 0`` by default, so the solver
+stops only at the iteration limit, at an exactly stationary point of the box,
+or when its line search fails, and ``message`` says which.
 """
 
 import dataclasses
@@ -44,6 +64,16 @@ import scipy.optimize
 from keras_sharpness.errors import UserError
 
 START_POINTS = ("zero", "corner", "random")
+SUBSPACE_SCALES = ("gaussian", "normalized")
+
+#: L-BFGS-B settings (SciPy names), all set explicitly. ``maxfun`` is per
+#: iteration allowed: the limit on evaluations is ``maxfun * maxiter``, so
+#: that only ``maxiter`` (or convergence) ends a healthy run.
+SOLVER_DEFAULTS = {"gtol": 0.0, "ftol": 0.0, "maxcor": 10, "maxls": 20,
+                   "maxfun_per_iteration": 50}
+
+#: The paper's number of L-BFGS-B iterations.
+PAPER_MAXITER = 10
 
 #: Rows of A generated per block (fixed, so that A depends on (n, p, seed) only).
 BLOCK_ROWS = 1 << 16
@@ -75,7 +105,12 @@ class MatrixSubspace:
     """An explicit n x p matrix A (small problems, tests), used by row blocks.
 
     Subclasses override `blocks`; products, A^T A and A+ x only use blocks.
+    A is ``B D``: the blocks B times a diagonal column scale D (`column_scale`,
+    1 unless a subclass normalizes the columns), applied to the p-vectors so
+    that the blocks are never rescaled.
     """
+
+    column_scale = None  # None: D = I
 
     def __init__(self, matrix):
         matrix = np.asarray(matrix, dtype=np.float64)
@@ -87,16 +122,20 @@ class MatrixSubspace:
         self._gram = None
 
     def blocks(self):
-        """Yields ``(start_row, block)`` covering A from top to bottom."""
+        """Yields ``(start_row, block)`` covering B from top to bottom."""
         yield 0, self._matrix
+
+    def _scaled(self, v):
+        return v if self.column_scale is None else v * self.column_scale
 
     def dense(self):
         """A as one dense float64 ``(n, p)`` array (tests and small n only)."""
-        return np.concatenate([block for _, block in self.blocks()]).astype(np.float64)
+        return self._scaled(np.concatenate([block for _, block in self.blocks()])
+                            .astype(np.float64))
 
     def matvec(self, y):
         """A y, a float64 vector of length n."""
-        y = np.asarray(y, dtype=np.float64)
+        y = self._scaled(np.asarray(y, dtype=np.float64))
         out = np.empty(self.n)
         for start, block in self.blocks():
             out[start:start + len(block)] = block @ y
@@ -108,10 +147,10 @@ class MatrixSubspace:
         out = np.zeros(self.p)
         for start, block in self.blocks():
             out += g[start:start + len(block)] @ block
-        return out
+        return self._scaled(out)
 
-    def gram(self):
-        """A^T A (p x p, float64), computed once."""
+    def _block_gram(self):
+        """B^T B (p x p, float64), computed once."""
         if self._gram is None:
             gram = np.zeros((self.p, self.p))
             for _, block in self.blocks():
@@ -119,6 +158,13 @@ class MatrixSubspace:
                 gram += block.T @ block
             self._gram = gram
         return self._gram
+
+    def gram(self):
+        """A^T A = D B^T B D (p x p, float64)."""
+        gram = self._block_gram()
+        if self.column_scale is None:
+            return gram
+        return gram * np.outer(self.column_scale, self.column_scale)
 
     def pseudo_inverse_times(self, x):
         """A+ x = (A^T A)^{-1} A^T x, for A of full column rank."""
@@ -131,7 +177,8 @@ class MatrixSubspace:
 class RandomSubspace(MatrixSubspace):
     """A seeded n x p Gaussian matrix A, stored as seeds, used by blocks.
 
-    Entries are i.i.d. standard normal. Block b (rows ``b * BLOCK_ROWS`` up to
+    Entries of B are i.i.d. standard normal; with ``scale="normalized"`` every
+    column of A = B D is scaled to unit Euclidean norm (D from B^T B). Block b (rows ``b * BLOCK_ROWS`` up to
     the next block) is drawn, in float32, from ``SeedSequence(seed,
     spawn_key=(0, b))``, so A depends only on ``(n, p, seed)`` and any block
     can be regenerated alone. A is cached whole if its ``4 n p`` bytes fit in
@@ -142,19 +189,26 @@ class RandomSubspace(MatrixSubspace):
         n: rows (number of weights).
         p: columns (subspace dimension), ``1 <= p <= n``.
         seed: the seed that defines A.
+        scale: ``"gaussian"`` or ``"normalized"`` (`SUBSPACE_SCALES`).
         max_cached_bytes: memory budget for caching A (default 1 GiB: F1's
             1.46M x 100 A is cached, C2's 15M x 100 is streamed).
     """
 
-    def __init__(self, n, p, seed=0, *, max_cached_bytes=1 << 30):
+    def __init__(self, n, p, seed=0, *, scale="gaussian", max_cached_bytes=1 << 30):
         self.n, self.p, self.seed = int(n), int(p), int(seed)
         if not 1 <= self.p <= self.n:
             raise UserError(f"subspace_dim must be between 1 and the number of "
                             f"weights {self.n}, got {self.p}")
+        if scale not in SUBSPACE_SCALES:
+            raise UserError(f"unknown subspace scale {scale!r}; choose one of "
+                            f"{', '.join(SUBSPACE_SCALES)}")
+        self.scale = scale
         self._gram = None
         self._cache = None
         if 4 * self.n * self.p <= max_cached_bytes:
             self._cache = [self.block(b) for b in range(self.num_blocks)]
+        if scale == "normalized":
+            self.column_scale = 1.0 / np.sqrt(np.diag(self._block_gram()))
 
     @property
     def num_blocks(self):
@@ -172,9 +226,18 @@ class RandomSubspace(MatrixSubspace):
             yield b * BLOCK_ROWS, self._cache[b] if self._cache is not None else self.block(b)
 
 
-def make_subspace(n, subspace_dim, seed=0):
+def make_subspace(n, subspace_dim, seed=0, scale="gaussian"):
     """`FullSpace` for ``subspace_dim == 0``, else a `RandomSubspace`."""
-    return FullSpace(n) if subspace_dim == 0 else RandomSubspace(n, subspace_dim, seed)
+    if subspace_dim == 0:
+        return FullSpace(n)
+    return RandomSubspace(n, subspace_dim, seed, scale=scale)
+
+
+def subspace_scale_of(subspace):
+    """The recorded scale of A: ``"identity"`` for the full space."""
+    if isinstance(subspace, FullSpace):
+        return "identity"
+    return getattr(subspace, "scale", "explicit")
 
 
 @dataclasses.dataclass
@@ -205,6 +268,14 @@ class SharpnessResult:
         iterations: L-BFGS-B iterations done.
         evaluations: objective evaluations (value and gradient) by the solver.
         message: the solver's message.
+        ascent: phi after each iteration (length `iterations`); the paper's
+            10-iteration value is ``ascent[9]`` of any run with maxiter >= 10.
+        converged: the solver stopped before ``maxiter`` for a reason of its
+            own (a stationary point of the box, or ``ftol``), not the limit.
+        phi_paper: phi after `PAPER_MAXITER` iterations (None if fewer ran).
+        solver_options: every L-BFGS-B option used.
+        subspace_scale: ``"identity"`` (full space), ``"gaussian"``,
+            ``"normalized"`` or ``"explicit"`` (an A given by the caller).
         seconds: wall time of the whole computation.
         objective_seconds: of which in f and grad f.
         projection_seconds: of which in products with A, A^T and A+.
@@ -233,6 +304,11 @@ class SharpnessResult:
     start: str
     seed: int
     maxiter: int
+    ascent: list = dataclasses.field(default_factory=list)
+    converged: bool = False
+    phi_paper: float = None
+    solver_options: dict = None
+    subspace_scale: str = "identity"
     bn_mode: str = None
     batch_size: int = None
     num_samples: int = None
@@ -246,7 +322,7 @@ def box_half_widths(subspace, x, eps):
     return eps * (np.abs(subspace.pseudo_inverse_times(x)) + 1.0)
 
 
-def check_settings(eps, subspace_dim, maxiter, start, num_params=None):
+def check_settings(eps, subspace_dim, maxiter, start, num_params=None, subspace_scale="gaussian"):
     """Raises `UserError` for settings Metric 2.1 cannot use."""
     try:
         eps_ok = math.isfinite(float(eps)) and float(eps) > 0
@@ -264,6 +340,9 @@ def check_settings(eps, subspace_dim, maxiter, start, num_params=None):
         raise UserError(f"maxiter must be a positive integer, got {maxiter!r}")
     if start not in START_POINTS:
         raise UserError(f"unknown start {start!r}; choose one of {', '.join(START_POINTS)}")
+    if subspace_scale not in SUBSPACE_SCALES:
+        raise UserError(f"unknown subspace scale {subspace_scale!r}; choose one of "
+                        f"{', '.join(SUBSPACE_SCALES)}")
 
 
 class SubspaceObjective:
@@ -314,7 +393,8 @@ class SubspaceObjective:
 
 
 def sharpness(objective, eps=1e-3, subspace_dim=0, maxiter=10, seed=0, start="zero",
-              *, point=None, non_trainable=None, subspace=None, progress=None):
+              *, subspace_scale="gaussian", point=None, non_trainable=None, subspace=None,
+              progress=None, gtol=SOLVER_DEFAULTS["gtol"], ftol=SOLVER_DEFAULTS["ftol"]):
     """Metric 2.1: how much f can rise in a box of relative size eps around x.
 
     Args:
@@ -328,6 +408,7 @@ def sharpness(objective, eps=1e-3, subspace_dim=0, maxiter=10, seed=0, start="ze
         seed: seed of A and of the ``"random"`` start.
         start: ``"zero"`` (default, the paper's reading), ``"corner"`` or
             ``"random"``; see the module docstring.
+        subspace_scale: scale of a random A (`SUBSPACE_SCALES`).
         point: x, the weights to measure at; None for the model's
             (``objective.initial_point()``).
         non_trainable: BatchNorm moving statistics for f (None: the model's).
@@ -336,6 +417,9 @@ def sharpness(objective, eps=1e-3, subspace_dim=0, maxiter=10, seed=0, start="ze
             ``pseudo_inverse_times``); overrides ``subspace_dim``.
         progress: optional callable, called with a `SharpnessProgress` after
             every L-BFGS-B iteration.
+        gtol, ftol: L-BFGS-B's stopping tolerances (SciPy's ``gtol`` on the
+            projected gradient, ``ftol`` on the relative decrease); 0 by
+            default, so that a tiny gradient at x cannot end the run early.
 
     Returns:
         A `SharpnessResult`.
@@ -345,13 +429,16 @@ def sharpness(objective, eps=1e-3, subspace_dim=0, maxiter=10, seed=0, start="ze
             or an unknown start.
     """
     n = objective.num_params
-    check_settings(eps, subspace_dim, maxiter, start, n)
+    check_settings(eps, subspace_dim, maxiter, start, n, subspace_scale)
+    for name, value in (("gtol", gtol), ("ftol", ftol)):
+        if not (math.isfinite(float(value)) and float(value) >= 0):
+            raise UserError(f"{name} must be a finite number >= 0, got {value!r}")
     eps, maxiter, seed = float(eps), int(maxiter), int(seed)
     t_begin = time.perf_counter()
     x = objective.initial_point() if point is None else np.asarray(point, np.float64)
     t = time.perf_counter()
     if subspace is None:
-        subspace = make_subspace(n, int(subspace_dim), seed)
+        subspace = make_subspace(n, int(subspace_dim), seed, subspace_scale)
     half = box_half_widths(subspace, x, eps)
     restricted = SubspaceObjective(objective, x, subspace, non_trainable)
     restricted.projection_seconds += time.perf_counter() - t
@@ -380,9 +467,11 @@ def sharpness(objective, eps=1e-3, subspace_dim=0, maxiter=10, seed=0, start="ze
         return (fmax - f0) / (1.0 + f0) * 100.0
 
     iteration = [0]
+    ascent = []
 
     def callback(intermediate_result):
         iteration[0] += 1
+        ascent.append(float(phi_of(state["fmax"])))
         if progress is not None:
             progress(SharpnessProgress(
                 iteration=iteration[0], f=float(-intermediate_result.fun),
@@ -392,10 +481,13 @@ def sharpness(objective, eps=1e-3, subspace_dim=0, maxiter=10, seed=0, start="ze
 
     inside_before = restricted.objective_seconds + restricted.projection_seconds
     t_solver = time.perf_counter()
+    options = {"maxiter": maxiter, "gtol": float(gtol), "ftol": float(ftol),
+               "maxcor": SOLVER_DEFAULTS["maxcor"], "maxls": SOLVER_DEFAULTS["maxls"],
+               "maxfun": SOLVER_DEFAULTS["maxfun_per_iteration"] * maxiter}
     solution = scipy.optimize.minimize(
         negative_f, y0, jac=True, method="L-BFGS-B",
         bounds=scipy.optimize.Bounds(-half, half),
-        callback=callback, options={"maxiter": maxiter})
+        callback=callback, options=options)
     solver_total = time.perf_counter() - t_solver
     # Time in f, grad f and A products during the solve is not solver time.
     inside_solve = (restricted.objective_seconds + restricted.projection_seconds
@@ -411,7 +503,37 @@ def sharpness(objective, eps=1e-3, subspace_dim=0, maxiter=10, seed=0, start="ze
         objective_seconds=restricted.objective_seconds,
         projection_seconds=restricted.projection_seconds,
         solver_seconds=max(0.0, solver_total - inside_solve),
-        start=start, seed=seed, maxiter=maxiter,
+        start=start, seed=seed, maxiter=maxiter, ascent=ascent,
+        converged=bool(solution.nit < maxiter and "ITERATIONS" not in str(solution.message)
+                       and "EVALUATIONS" not in str(solution.message)),
+        phi_paper=ascent[PAPER_MAXITER - 1] if len(ascent) >= PAPER_MAXITER else None,
+        solver_options=options, subspace_scale=subspace_scale_of(subspace),
         bn_mode=getattr(objective, "bn_mode", None),
         batch_size=getattr(objective, "batch_size", None),
         num_samples=getattr(objective, "num_samples", None))
+
+
+def sharpness_multistart(objective, starts=START_POINTS, **kwargs):
+    """Metric 2.1 from several start points: the largest phi, and each start's.
+
+    Args:
+        objective: as `sharpness`.
+        starts: start rules to run (`START_POINTS`), each once.
+        **kwargs: the other arguments of `sharpness` (one A serves all starts).
+
+    Returns:
+        ``(best, results)``: the `SharpnessResult` with the largest phi, and
+        every start's result in the order given.
+    """
+    starts = list(dict.fromkeys(starts))
+    if not starts:
+        raise UserError("give at least one start point")
+    for start in starts:
+        if start not in START_POINTS:
+            raise UserError(f"unknown start {start!r}; choose one of {', '.join(START_POINTS)}")
+    if kwargs.get("subspace") is None:
+        kwargs["subspace"] = make_subspace(objective.num_params, int(kwargs.get("subspace_dim", 0)),
+                                           int(kwargs.get("seed", 0)),
+                                           kwargs.get("subspace_scale", "gaussian"))
+    results = [sharpness(objective, start=start, **kwargs) for start in starts]
+    return max(results, key=lambda r: r.phi), results

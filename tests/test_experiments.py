@@ -62,6 +62,14 @@ def test_trials_tables_and_resume(tiny, tmp_path, monkeypatch):
     assert stored["table3"]["0.001"]["lb"]["std"] == pytest.approx(np.std(values, ddof=1))
     assert "| ours |" in text and "| paper | 99.66 ± 0.05" in text
     assert " ± " in text.splitlines()[4]
+    # Paired statistics beside every SB/LB pair, from the per-trial values.
+    comparison = stored["table3_comparison"]["0.001"]
+    assert comparison["lb"]["values"] == values and comparison["n"] == 2
+    assert "test_accuracy" not in stored and set(stored["table2_comparison"]) == {"train", "test"}
+    assert text.count("Wilcoxon p =") == 2 + 2 + 2  # Table 2 splits, Tables 3-4 eps
+    # Why each run stopped, and a warning: 1 epoch is not convergence.
+    assert [t["sb"]["stopped_because"] for t in stored["training_runs"]] == ["max_epochs"] * 2
+    assert "**Not converged**" in text and "trial 1 LB (max_epochs)" in text
 
     # A finished trial is not run again: training and measuring are never called.
     def forbidden(*args, **kwargs):

@@ -145,3 +145,65 @@ def test_bad_settings_raise_user_error(kwargs, match):
     objective = Quadratic([1.0, 2.0], 0.0, [1.0, 1.0])
     with pytest.raises(UserError, match=match):
         sharpness(objective, **kwargs)
+
+
+def test_a_tiny_gradient_at_x_does_not_end_the_ascent():
+    """SciPy's default gtol (1e-5) stops at iteration 0 where |grad f(x)| ~ 1e-8."""
+    import scipy.optimize
+
+    h = np.array([2.0, 1.0, 3.0])
+    x = 1e-8 * np.array([1.0, -1.0, 0.5]) / h  # grad f(x) = h x ~ 1e-8
+    objective = Quadratic(h, 0.1, x)
+    half = sharpness_lib.box_half_widths(FullSpace(3), x, 1e-3)
+    with_defaults = scipy.optimize.minimize(
+        lambda y: tuple(-v for v in objective.value_and_gradient(x + y)), np.zeros(3),
+        jac=True, method="L-BFGS-B", bounds=scipy.optimize.Bounds(-half, half),
+        options={"maxiter": 10})
+    assert with_defaults.nit == 0  # the trap this test guards against is real
+    result = sharpness(objective, eps=1e-3, maxiter=10)
+    assert result.iterations >= 1 and result.solver_options["gtol"] == 0.0
+    assert result.phi == pytest.approx(quadratic_phi_by_hand(h, 0.1, x, 1e-3), rel=1e-9)
+    assert result.ascent[-1] == result.phi and len(result.ascent) == result.iterations
+
+
+def test_the_ascent_curve_holds_the_paper_value_of_a_longer_run():
+    x, y = toy_data(40)
+    objective = TrainingLoss(tanh_bn_model(), x, y, batch_size=20)
+    paper = sharpness(objective, eps=5e-2, maxiter=10)
+    longer = sharpness(objective, eps=5e-2, maxiter=25)
+    assert paper.iterations == 10 and not paper.converged
+    assert "ITERATIONS" in paper.message.upper()
+    assert len(paper.ascent) == 10 and paper.phi_paper == paper.phi == paper.ascent[-1]
+    assert longer.ascent[:10] == paper.ascent
+    assert longer.phi_paper == paper.phi and longer.phi >= paper.phi
+    assert all(a <= b for a, b in zip(longer.ascent, longer.ascent[1:]))  # fmax only grows
+
+
+def test_normalized_subspace_has_unit_columns_and_its_own_pseudo_inverse():
+    n, p = 500, 4
+    gaussian = RandomSubspace(n, p, seed=3)
+    normalized = RandomSubspace(n, p, seed=3, scale="normalized")
+    b, a = gaussian.dense(), normalized.dense()
+    np.testing.assert_allclose(np.linalg.norm(a, axis=0), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(a, b / np.linalg.norm(b, axis=0), rtol=1e-12)
+    rng = np.random.default_rng(1)
+    y, g, x = rng.normal(size=p), rng.normal(size=n), rng.normal(size=n)
+    np.testing.assert_allclose(normalized.matvec(y), a @ y, rtol=1e-10)
+    np.testing.assert_allclose(normalized.rmatvec(g), a.T @ g, rtol=1e-10)
+    np.testing.assert_allclose(normalized.pseudo_inverse_times(x), np.linalg.pinv(a) @ x,
+                               rtol=1e-8)
+    objective = Quadratic(np.ones(n), 0.0, np.zeros(n))
+    result = sharpness(objective, eps=0.1, subspace_dim=p, subspace_scale="normalized")
+    assert result.subspace_scale == "normalized"
+    with pytest.raises(UserError, match="subspace scale"):
+        sharpness(objective, eps=0.1, subspace_dim=p, subspace_scale="unit")
+
+
+def test_multistart_reports_the_largest_phi_and_every_start():
+    h = np.array([1.0, 3.0])
+    objective = Quadratic(h, 0.0, np.zeros(2))  # stationary: the zero start is stuck
+    best, results = sharpness_lib.sharpness_multistart(
+        objective, starts=("zero", "corner"), eps=0.1)
+    assert [r.start for r in results] == ["zero", "corner"]
+    assert results[0].phi == 0.0
+    assert best is results[1] and best.phi == pytest.approx(0.5 * np.sum(h) * 0.1 ** 2 * 100)

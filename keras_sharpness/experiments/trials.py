@@ -16,6 +16,7 @@ import pathlib
 import time
 
 from keras_sharpness import io, reports
+from keras_sharpness.statistics import format_comparison, paired_comparison
 from keras_sharpness.experiments.measure import (
     MeasureSettings,
     cached,
@@ -55,8 +56,19 @@ def run_trial(data, network, trial_dir, *, dataset, seed, settings, training_kwa
         return out
 
     result = cached(trial_dir / "measurements.json", key, measure)
+    result["training"] = {name: training_outcome(trial_dir / f"{name}_history.json")
+                          for name in ("sb", "lb")}
     result["seconds"] = time.time() - started
     return result
+
+
+def training_outcome(history_path):
+    """Where a run stopped and what it kept, from its history JSON."""
+    from keras_sharpness.io import read_json
+
+    history = read_json(history_path)
+    return {key: history.get(key) for key in
+            ("kept_epoch", "stopped_because", "epochs_run", "kept")}
 
 
 def _identity(record):
@@ -92,6 +104,10 @@ def tables(trials, network, settings):
     t2 = {f"{split}_{name}": reports.summarize([100 * t[name][f"{split}_acc"] for t in trials])
           for split in ("train", "test") for name in ("sb", "lb")}
     data["table2"] = t2
+    data["table2_comparison"] = {
+        split: paired_comparison([100 * t["sb"][f"{split}_acc"] for t in trials],
+                                 [100 * t["lb"][f"{split}_acc"] for t in trials])
+        for split in ("train", "test")}
     # Table 3 is the full space; Table 4 the first random subspace (paper: p = 100).
     random_dims = [p for p in settings.subspace_dims if p > 0]
     for table, p in (("table3", 0 if 0 in settings.subspace_dims else None),
@@ -100,11 +116,16 @@ def tables(trials, network, settings):
             continue
         data[table] = {str(e): {name: reports.summarize([_phi(t, name, p, e) for t in trials])
                                 for name in ("sb", "lb")} for e in settings.eps}
+        data[f"{table}_comparison"] = {
+            str(e): paired_comparison([_phi(t, "sb", p, e) for t in trials],
+                                      [_phi(t, "lb", p, e) for t in trials])
+            for e in settings.eps}
         data[f"{table}_subspace_dim"] = p
     for p in random_dims[1:]:
         data[f"subspace_{p}"] = {str(e): {name: reports.summarize([_phi(t, name, p, e) for t in trials])
                                           for name in ("sb", "lb")} for e in settings.eps}
     data["distance_ratio"] = reports.summarize([t["distance_ratio"] for t in trials])
+    data["training_runs"] = [t.get("training") for t in trials]
     data["paper"] = {"table2": reports.PAPER_TABLE2.get(network),
                      "table3": {str(k): v for k, v in reports.PAPER_TABLE3.get(network, {}).items()},
                      "table4": {str(k): v for k, v in reports.PAPER_TABLE4.get(network, {}).items()}}
@@ -129,6 +150,11 @@ def markdown(data, network):
     if p2:
         rows.append(["paper"] + [_paper_cell(p2[c]) for c in cols])
     out += [reports.markdown_table(["", "train SB", "train LB", "test SB", "test LB"], rows), ""]
+    for split in ("train", "test"):
+        c = data["table2_comparison"][split]
+        out.append(f"- {split} accuracy per trial: SB {_values(c['sb']['values'])}, "
+                   f"LB {_values(c['lb']['values'])}; {format_comparison(c)}")
+    out.append("")
     for table, title in (("table3", "Table 3: sharpness, full space"),
                          ("table4", f"Table 4: sharpness, random {data.get('table4_subspace_dim')}-dim subspace")):
         if table not in data:
@@ -141,9 +167,44 @@ def markdown(data, network):
             rows.append(["paper"] + [_paper_cell(paper.get(str(float(e)), {}).get(m))
                                      for e in eps for m in ("sb", "lb")])
         out += [f"### {title} ({network})", "", reports.markdown_table(header, rows), ""]
+        for e in eps:
+            c = data[f"{table}_comparison"][e]
+            out.append(f"- eps={e} per trial: SB {_values(c['sb']['values'])}, "
+                       f"LB {_values(c['lb']['values'])}; {format_comparison(c)}")
+        out.append("")
     d = data["distance_ratio"]
     out.append(f"Distance ratio ||x_SB - x0|| / ||x_LB - x0|| = {_cell(d)} (paper: between 3 and 10)")
+    out += ["", *training_lines(data.get("training_runs") or [])]
     return "\n".join(out) + "\n"
+
+
+def _values(values):
+    return "[" + ", ".join(f"{v:.3g}" for v in values) + "]"
+
+
+def training_lines(outcomes):
+    """Where every run stopped, and a warning for runs that did not converge."""
+    if not outcomes:
+        return []
+    lines = ["Training runs (kept: the epoch with the lowest training-set f):"]
+    unconverged = []
+    for t, outcome in enumerate(outcomes):
+        cells = []
+        for name in ("sb", "lb"):
+            o = (outcome or {}).get(name) or {}
+            kept = o.get("kept")
+            cells.append(f"{name.upper()} {o.get('stopped_because', '?')} after "
+                         f"{o.get('epochs_run', '?')} epochs, kept epoch {o.get('kept_epoch', '?')}"
+                         + (f" (f = {kept['f']:.3g}, train acc {100 * kept['accuracy']:.2f} %)"
+                            if kept else ""))
+            if o.get("stopped_because") != "converged":
+                unconverged.append(f"trial {t} {name.upper()} "
+                                   f"({o.get('stopped_because') or 'unknown'})")
+        lines.append(f"- trial {t}: " + "; ".join(cells))
+    if unconverged:
+        lines.append(f"**Not converged** (the stop rule did not end these runs, so their "
+                     f"kept point may not be a minimizer): {', '.join(unconverged)}.")
+    return lines
 
 
 def run(data, network, workdir, *, dataset, trials=5, settings=None, training_kwargs=None,
