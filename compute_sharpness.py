@@ -26,11 +26,15 @@ flags.DEFINE_multi_string("eps", ["1e-3"], "Box scale(s); repeat the flag or giv
                           "comma-separated list (paper: 1e-3,5e-4).")
 flags.DEFINE_integer("subspace_dim", 0, "0: full space (A = I); p: random n x p Gaussian "
                      "A (paper: 100).")
-flags.DEFINE_integer("maxiter", 10, "L-BFGS-B iterations (paper: 10).")
+flags.DEFINE_integer("maxiter", 10, "L-BFGS-B iterations (paper: 10). The record keeps "
+                     "phi after every iteration; with more than 10 it also gives the "
+                     "paper's value (phi_paper).")
 flags.DEFINE_integer("seed", 0, "Seed of A, the random start and the --num_samples subset.")
-flags.DEFINE_enum("start", "zero", ["zero", "corner", "random"], "L-BFGS-B start y0: "
-                  "zero (the paper's reading), corner (box corner along the gradient), "
-                  "random (uniform in the box).")
+flags.DEFINE_string("start", "zero", "L-BFGS-B start y0: zero (the paper's reading), "
+                    "corner (box corner along the gradient), random (uniform in the box), "
+                    "or several separated by commas: phi is then the largest over them.")
+flags.DEFINE_enum("subspace_scale", "gaussian", ["gaussian", "normalized"], "Scale of a "
+                  "random A: gaussian (N(0,1) entries) or normalized (unit-norm columns).")
 flags.DEFINE_enum("bn_eval", "batch", ["batch", "moving", "model"], "BatchNorm at "
                   "evaluation: batch statistics (Keras 1 mode=2, the paper), moving "
                   "statistics, or the mode the model was saved with.")
@@ -54,7 +58,8 @@ def main(argv):
     sharpness_cli.main(
         eps=FLAGS.eps, workdir=FLAGS.workdir, model=FLAGS.model, dataset=FLAGS.dataset,
         data_dir=FLAGS.data_dir, output=FLAGS.output, subspace_dim=FLAGS.subspace_dim,
-        maxiter=FLAGS.maxiter, seed=FLAGS.seed, start=FLAGS.start, bn_eval=FLAGS.bn_eval,
+        maxiter=FLAGS.maxiter, seed=FLAGS.seed, start=FLAGS.start,
+        subspace_scale=FLAGS.subspace_scale, bn_eval=FLAGS.bn_eval,
         batch_size=FLAGS.batch_size, num_samples=FLAGS.num_samples,
         hessian_topk=FLAGS.hessian_topk, hessian_trace_probes=FLAGS.hessian_trace_probes,
         overwrite=FLAGS.overwrite)

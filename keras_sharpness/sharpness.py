@@ -272,7 +272,8 @@ class SharpnessResult:
             10-iteration value is ``ascent[9]`` of any run with maxiter >= 10.
         converged: the solver stopped before ``maxiter`` for a reason of its
             own (a stationary point of the box, or ``ftol``), not the limit.
-        phi_paper: phi after `PAPER_MAXITER` iterations (None if fewer ran).
+        phi_paper: phi after `PAPER_MAXITER` iterations (None if ``maxiter``
+            was below 10; the final phi if the solver stopped earlier).
         solver_options: every L-BFGS-B option used.
         subspace_scale: ``"identity"`` (full space), ``"gaussian"``,
             ``"normalized"`` or ``"explicit"`` (an A given by the caller).
@@ -506,11 +507,22 @@ def sharpness(objective, eps=1e-3, subspace_dim=0, maxiter=10, seed=0, start="ze
         start=start, seed=seed, maxiter=maxiter, ascent=ascent,
         converged=bool(solution.nit < maxiter and "ITERATIONS" not in str(solution.message)
                        and "EVALUATIONS" not in str(solution.message)),
-        phi_paper=ascent[PAPER_MAXITER - 1] if len(ascent) >= PAPER_MAXITER else None,
+        phi_paper=_paper_value(ascent, phi_of(fmax), maxiter),
         solver_options=options, subspace_scale=subspace_scale_of(subspace),
         bn_mode=getattr(objective, "bn_mode", None),
         batch_size=getattr(objective, "batch_size", None),
         num_samples=getattr(objective, "num_samples", None))
+
+
+def _paper_value(ascent, phi, maxiter):
+    """phi after `PAPER_MAXITER` iterations, read off a run of `maxiter`.
+
+    A run that stopped earlier on its own ends where a 10-iteration run
+    ends too. None when the run was limited to fewer than 10 iterations.
+    """
+    if maxiter < PAPER_MAXITER:
+        return None
+    return ascent[PAPER_MAXITER - 1] if len(ascent) >= PAPER_MAXITER else float(phi)
 
 
 def sharpness_multistart(objective, starts=START_POINTS, **kwargs):

@@ -12,6 +12,8 @@ import math
 import pathlib
 import time
 
+import numpy as np
+
 from keras_sharpness.errors import UserError
 
 #: BN evaluation choices: the two modes, or the mode the model was saved with.
@@ -19,7 +21,10 @@ BN_EVAL_CHOICES = ("batch", "moving", "model")
 
 #: Settings that identify a record: a rerun with the same ones reuses it.
 _RECORD_KEY = ("model", "checkpoint_sha256", "eps", "subspace_dim", "maxiter", "seed",
-               "start", "bn_eval", "batch_size", "num_samples")
+               "start", "bn_eval", "batch_size", "num_samples", "subspace_scale")
+
+#: Fields of a `SharpnessResult` copied into every record: the solver's story.
+_SOLVER_FIELDS = ("phi_paper", "ascent", "converged", "solver_options")
 
 
 def parse_eps(values):
@@ -127,7 +132,8 @@ def _read_records(path):
 
 def compute(*, models, data, network, output, eps, subspace_dim=0, maxiter=10, seed=0,
             start="zero", bn_eval="batch", batch_size=1000, num_samples=None,
-            hessian_topk=0, hessian_trace_probes=0, overwrite=False, echo=print):
+            hessian_topk=0, hessian_trace_probes=0, overwrite=False, echo=print,
+            subspace_scale="gaussian"):
     """Sharpness (and optionally Hessian eigenvalues) of each model at each eps.
 
     Args:
@@ -137,7 +143,11 @@ def compute(*, models, data, network, output, eps, subspace_dim=0, maxiter=10, s
         network: network name for the table (None: each model's name).
         output: path of the JSON report (a list of records).
         eps: list of box scales.
-        subspace_dim, maxiter, seed, start: as `keras_sharpness.sharpness.sharpness`.
+        subspace_dim, maxiter, seed, subspace_scale: as
+            `keras_sharpness.sharpness.sharpness`.
+        start: a start rule, or several separated by commas
+            (``"zero,corner,random"``): then phi is the largest over the
+            starts (`sharpness_multistart`) and the record lists each.
         bn_eval: ``"batch"``, ``"moving"`` or ``"model"`` (the saved mode).
         batch_size: fixed batch size of f (part of f's definition in batch mode).
         num_samples: seeded subset of the training set (None: all of it).
@@ -153,8 +163,13 @@ def compute(*, models, data, network, output, eps, subspace_dim=0, maxiter=10, s
     from keras_sharpness import hessian, io, sharpness
     from keras_sharpness.objective import TrainingLoss
 
+    starts = [s.strip() for s in str(start).split(",") if s.strip()]
+    if not starts:
+        raise UserError("give at least one --start")
     for value in eps:
-        sharpness.check_settings(value, subspace_dim, maxiter, start)
+        for one in starts:
+            sharpness.check_settings(value, subspace_dim, maxiter, one, None, subspace_scale)
+    start = ",".join(dict.fromkeys(starts))
     if bn_eval not in BN_EVAL_CHOICES:
         raise UserError(f"unknown --bn_eval {bn_eval!r}; choose one of "
                         f"{', '.join(BN_EVAL_CHOICES)}")
@@ -183,7 +198,8 @@ def compute(*, models, data, network, output, eps, subspace_dim=0, maxiter=10, s
             model, arrays.x_train, arrays.y_train,
             bn_mode=None if bn_eval == "model" else bn_eval,
             batch_size=int(batch_size), num_samples=num_samples, seed=seed)
-        sharpness.check_settings(eps[0], subspace_dim, maxiter, start, objective.num_params)
+        sharpness.check_settings(eps[0], subspace_dim, maxiter, starts[0], objective.num_params,
+                                 subspace_scale)
         used_bn = objective.bn_mode or "none"
         name = network or model.name
         hessian_top = None
@@ -192,7 +208,8 @@ def compute(*, models, data, network, output, eps, subspace_dim=0, maxiter=10, s
             record_key = {"model": label, "checkpoint_sha256": digest, "eps": value,
                           "subspace_dim": int(subspace_dim), "maxiter": int(maxiter),
                           "seed": int(seed), "start": start, "bn_eval": used_bn,
-                          "batch_size": int(batch_size), "num_samples": num_samples}
+                          "batch_size": int(batch_size), "num_samples": num_samples,
+                          "subspace_scale": subspace_scale if subspace_dim else "identity"}
             previous = [r for r in existing if _key(r) == _key(record_key)
                         and (hessian_topk == 0 or len(r.get("hessian_top", [])) >= hessian_topk)
                         and (hessian_trace_probes == 0 or r.get("hessian_trace"))]
@@ -223,10 +240,12 @@ def compute(*, models, data, network, output, eps, subspace_dim=0, maxiter=10, s
 
             n = objective.num_params
             if n not in subspaces:
-                subspaces[n] = sharpness.make_subspace(n, int(subspace_dim), int(seed))
-            result = sharpness.sharpness(objective, eps=value, subspace_dim=int(subspace_dim),
-                                         maxiter=int(maxiter), seed=int(seed), start=start,
-                                         subspace=subspaces[n], progress=progress)
+                subspaces[n] = sharpness.make_subspace(n, int(subspace_dim), int(seed),
+                                                       subspace_scale)
+            result, per_start = sharpness.sharpness_multistart(
+                objective, starts=starts, eps=value, subspace_dim=int(subspace_dim),
+                maxiter=int(maxiter), seed=int(seed), subspace=subspaces[n],
+                progress=progress)
             record = {
                 **record_key,
                 "network": name,
@@ -243,11 +262,18 @@ def compute(*, models, data, network, output, eps, subspace_dim=0, maxiter=10, s
                 "num_params": result.num_params,
                 "num_train_samples": objective.num_samples,
                 "message": result.message,
+                **{field: getattr(result, field) for field in _SOLVER_FIELDS},
+                "best_start": result.start,
+                "per_start": [{"start": r.start, "phi": r.phi, "phi_paper": r.phi_paper,
+                               "iterations": r.iterations, "message": r.message}
+                              for r in per_start] if len(per_start) > 1 else None,
                 "versions": versions,
             }
             echo(f"{label} eps={value:g}: phi={result.phi:.4g} (f0={result.f0:.4g}, "
                  f"fmax={result.fmax:.4g}, {result.iterations} iterations, "
-                 f"{result.seconds:.1f}s)")
+                 f"{result.seconds:.1f}s; {result.message})")
+            echo(f"{label} eps={value:g}: ascent (phi after iterations 1..{result.iterations}): "
+                 + ", ".join(f"{v:.3g}" for v in _ascent_summary(result.ascent)))
             done.append(record)
             all_records = [r for r in all_records if _key(r) != _key(record)] + [record]
             io.write_json(output, all_records)
@@ -278,9 +304,23 @@ def format_table(records):
         lines.append(f"top Hessian eigenvalues {label}: "
                      + ", ".join(f"{v:.4g}" for v in values))
     first = records[0]
+    if any(r.get("phi_paper") is not None and r["maxiter"] > 10 for r in records):
+        lines.append("phi after the paper's 10 iterations: " + ", ".join(
+            f"{r['model']} eps={r['eps']:g}: {r['phi_paper']:.4g}" for r in records
+            if r.get("phi_paper") is not None))
     lines.append(f"(phi in %, Metric 2.1; BN at evaluation: {first['bn_eval']}; "
-                 f"start: {first['start']}; maxiter {first['maxiter']}; seed {first['seed']})")
+                 f"start: {first['start']}; maxiter {first['maxiter']}; seed {first['seed']}"
+                 + (f"; A: {first.get('subspace_scale')}" if first["subspace_dim"] else "")
+                 + ")")
     return lines
+
+
+def _ascent_summary(ascent, points=10):
+    """At most `points` values of the ascent, evenly spread, always the last."""
+    if len(ascent) <= points:
+        return ascent
+    picks = np.unique(np.linspace(0, len(ascent) - 1, points).round().astype(int))
+    return [ascent[i] for i in picks]
 
 
 def _number(value):

@@ -110,6 +110,26 @@ def test_rerun_reuses_records_and_adds_new_settings(run_dir):
     assert all(r["subspace_dim"] == 3 for r in records)
 
 
+def test_records_carry_the_ascent_and_every_start(run_dir):
+    workdir = run_dir / "run"
+    located = sharpness_cli.locate_models(workdir=workdir)
+    echoed = []
+    records = sharpness_cli.compute(
+        models=located["models"], data=located["data"], network="toy",
+        output=workdir / "multi.json", eps=[1e-3], maxiter=12, subspace_dim=3,
+        subspace_scale="normalized", start="zero,corner", echo=echoed.append)
+    for r in records:
+        assert len(r["ascent"]) == r["iterations"] and r["ascent"][-1] == r["sharpness"]
+        paper = r["ascent"][9] if r["iterations"] >= 10 else r["sharpness"]
+        assert r["phi_paper"] == paper and r["solver_options"]["gtol"] == 0.0
+        assert r["subspace_scale"] == "normalized" and r["start"] == "zero,corner"
+        assert [s["start"] for s in r["per_start"]] == ["zero", "corner"]
+        assert r["sharpness"] == max(s["phi"] for s in r["per_start"])
+        assert r["best_start"] in ("zero", "corner")
+    assert sum("ascent (phi after iterations 1.." in line for line in echoed) == 2
+    assert any(line.startswith("phi after the paper's 10 iterations") for line in echoed)
+
+
 @pytest.mark.parametrize("case, args, message", [
     ("eps zero", ["--workdir", "{run}", "--eps", "0"], "eps"),
     ("eps nan", ["--workdir", "{run}", "--eps", "nan"], "eps"),
