@@ -153,3 +153,53 @@ def test_bad_flags_are_one_line_errors(module, args, message, tmp_path):
     assert proc.returncode != 0
     lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], proc.stderr
+
+
+def test_sensitivity_report_on_saved_trials_without_retraining(tiny, tmp_path, monkeypatch):
+    from keras_sharpness.experiments import sensitivity
+    from keras_sharpness.io import save_model, write_json
+
+    trials.run(tiny, "F1", tmp_path, dataset="tiny", trials=2, settings=SETTINGS,
+               training_kwargs=dict(TRAINING, epochs=3), verbose=0)
+    np.savez(tmp_path / "tiny.npz", x_train=tiny.x_train, y_train=tiny.y_train,
+             x_test=tiny.x_test, y_test=tiny.y_test)
+    for t in (0, 1):  # point the trials at data compute_sharpness can load
+        run_json = json.loads((tmp_path / f"trial{t}" / "run.json").read_text())
+        write_json(tmp_path / f"trial{t}" / "run.json",
+                   {**run_json, "dataset": f"npz:{tmp_path / 'tiny.npz'}"})
+    # Trial 0 kept its last epoch (no sb_last.keras); trial 1 has a last iterate.
+    for name in ("sb", "lb"):
+        (tmp_path / "trial0" / f"{name}_last.keras").unlink(missing_ok=True)
+        save_model(trials.io.load_model(tmp_path / "trial0" / f"{name}.keras"),
+                   tmp_path / "trial1" / f"{name}_last.keras")
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the sensitivity report must not train")
+
+    monkeypatch.setattr("keras_sharpness.training.train_minimizer", forbidden)
+    grid = dict(bn_evals=("batch", "moving"), starts=("zero",), eps=(1e-3,),
+                spaces=("full", "4:normalized"), points=("kept", "last"), batch_size=32)
+    rows, text = sensitivity.run(tmp_path, maxiter=12, echo=lambda line: None, **grid)
+    assert len(rows) == 2 * 2 * 2  # BN x space x point
+    stored = json.loads((tmp_path / "sensitivity.json").read_text())
+    assert len(stored["rows"]) == 8 and text.count("\n") == 2 + 2 * 8
+    for row in rows:
+        assert row["trials"] == [0, 1]
+        for label in ("at_10", "at_maxiter"):
+            c = row[label]
+            assert c["n"] == 2 and len(c["sb"]["values"]) == 2
+            assert c["lb"]["mean"] == pytest.approx(np.mean(c["lb"]["values"]))
+        # phi only grows along the ascent.
+        assert all(a <= b + 1e-12 for a, b in zip(row["at_10"]["lb"]["values"],
+                                                   row["at_maxiter"]["lb"]["values"]))
+    # Trial 0's last point is its kept point; trial 1's last is trial 0's model.
+    kept = {(r["bn_eval"], r["subspace_dim"]): r for r in rows if r["point"] == "kept"}
+    for r in rows:
+        if r["point"] == "last":
+            twin = kept[(r["bn_eval"], r["subspace_dim"])]
+            assert r["at_10"]["sb"]["values"][0] == twin["at_10"]["sb"]["values"][0]
+            assert r["at_10"]["sb"]["values"][1] == twin["at_10"]["sb"]["values"][0]
+    # Run again: every record is reused (the sweep is never called to solve).
+    monkeypatch.setattr("keras_sharpness.sharpness.sharpness", forbidden)
+    again, _ = sensitivity.run(tmp_path, maxiter=12, echo=lambda line: None, **grid)
+    assert again == rows
