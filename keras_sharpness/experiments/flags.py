@@ -20,7 +20,10 @@ def define_common_flags():
     flags.DEFINE_integer("seed", 0, "Seed of x0, data order, subspaces.")
     flags.DEFINE_list("eps", ["1e-3", "5e-4"], "Sharpness box scales.")
     flags.DEFINE_list("subspace_dims", ["0", "100"], "0 = full space, p = random p-dim subspace.")
-    flags.DEFINE_integer("maxiter", 10, "L-BFGS-B iterations.")
+    flags.DEFINE_integer("maxiter", 10, "L-BFGS-B iterations (records keep phi after "
+                         "each; tables use phi after the paper's 10).")
+    flags.DEFINE_enum("subspace_scale", "gaussian", ["gaussian", "normalized"],
+                      "Scale of a random A: N(0,1) entries or unit-norm columns.")
     flags.DEFINE_enum("start", "zero", ["zero", "corner", "random"], "L-BFGS-B start point.")
     flags.DEFINE_enum("bn_eval", "batch", ["batch", "moving"],
                       "BatchNorm at evaluation: batch statistics (Keras 1 mode=2) or moving.")
@@ -72,7 +75,7 @@ def common_from_flags(FLAGS, experiment):
     except ValueError as e:
         raise UserError(f"--eps and --subspace_dims must be numbers ({e})") from None
     for e in eps:
-        check_settings(e, 0, FLAGS.maxiter, FLAGS.start)
+        check_settings(e, 0, FLAGS.maxiter, FLAGS.start, None, FLAGS.subspace_scale)
     if any(p < 0 for p in dims):
         raise UserError("--subspace_dims must be >= 0")
     dataset = FLAGS.dataset or default_dataset(network)
@@ -81,7 +84,8 @@ def common_from_flags(FLAGS, experiment):
     settings = MeasureSettings(eps=eps, subspace_dims=dims, maxiter=FLAGS.maxiter,
                                start=FLAGS.start, bn_mode=FLAGS.bn_eval,
                                eval_batch_size=FLAGS.eval_batch_size,
-                               num_samples=FLAGS.sharpness_samples, seed=FLAGS.seed)
+                               num_samples=FLAGS.sharpness_samples, seed=FLAGS.seed,
+                               subspace_scale=FLAGS.subspace_scale)
     training_kwargs = dict(
         sb_batch_size=number(FLAGS.sb_batch_size, "sb_batch_size"),
         lb_batch_size=number(FLAGS.lb_batch_size, "lb_batch_size"),

@@ -25,6 +25,7 @@ class MeasureSettings:
         num_samples: sharpness on a seeded subset of the training set (None:
             all of it, as the paper). Accuracies always use whole splits.
         seed: seed of the random subspace and of the subset.
+        subspace_scale: scale of a random A (``"gaussian"`` or ``"normalized"``).
     """
 
     eps: tuple = (1e-3, 5e-4)
@@ -35,11 +36,20 @@ class MeasureSettings:
     eval_batch_size: int = 1000
     num_samples: int = None
     seed: int = 0
+    subspace_scale: str = "gaussian"
+
+    #: Fields added after results were stored, with the value those results
+    #: were made with: left out of `to_dict` at that value, so stored
+    #: measurements keep matching their key.
+    ADDED_LATER = {"subspace_scale": "gaussian"}
 
     def to_dict(self):
         d = dataclasses.asdict(self)
         d["eps"] = [float(e) for e in self.eps]
         d["subspace_dims"] = [int(p) for p in self.subspace_dims]
+        for key, old in self.ADDED_LATER.items():
+            if d[key] == old:
+                del d[key]
         return d
 
 
@@ -78,7 +88,8 @@ def sharpness_records(model, data, settings, *, objective=None, progress=None):
                                settings.num_samples)
     records = []
     for p in settings.subspace_dims:
-        subspace = _subspace(objective.num_params, int(p), settings.seed)
+        subspace = _subspace(objective.num_params, int(p), settings.seed,
+                             settings.subspace_scale)
         for e in settings.eps:
             result = sharpness(objective, eps=float(e), subspace_dim=int(p),
                                maxiter=settings.maxiter, seed=settings.seed,
@@ -101,15 +112,15 @@ def measure_model(model, data, settings):
 
 
 @functools.lru_cache(maxsize=1)
-def _subspace(n, p, seed):
-    """A (a function of n, p, seed), built once and shared by every eps and model.
+def _subspace(n, p, seed, scale):
+    """A (a function of n, p, seed, scale), built once and shared by every eps and model.
 
     Building a random A and its Gram matrix costs seconds for millions of
     weights; SB and LB of one network, and every eps, use the same A.
     """
     from keras_sharpness.sharpness import make_subspace
 
-    return make_subspace(n, p, seed)
+    return make_subspace(n, p, seed, scale)
 
 
 def weight_distance(a, b):
