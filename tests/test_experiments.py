@@ -70,6 +70,8 @@ def test_trials_tables_and_resume(tiny, tmp_path, monkeypatch):
     # Why each run stopped, and a warning: 1 epoch is not convergence.
     assert [t["sb"]["stopped_because"] for t in stored["training_runs"]] == ["max_epochs"] * 2
     assert "**Not converged**" in text and "trial 1 LB (max_epochs)" in text
+    # maxiter 2 < 10: phi_paper is undefined, tables fall back to phi; no extra tables.
+    assert "table3_at_maxiter" not in stored
 
     # A finished trial is not run again: training and measuring are never called.
     def forbidden(*args, **kwargs):
@@ -203,3 +205,20 @@ def test_sensitivity_report_on_saved_trials_without_retraining(tiny, tmp_path, m
     monkeypatch.setattr("keras_sharpness.sharpness.sharpness", forbidden)
     again, _ = sensitivity.run(tmp_path, maxiter=12, echo=lambda line: None, **grid)
     assert again == rows
+
+
+def test_tables_use_the_paper_iterations_and_add_the_longer_run():
+    def trial(sb, lb):
+        def model(phi_paper, phi):
+            return {"train_acc": 1.0, "test_acc": 0.9, "sharpness": [
+                {"subspace_dim": 0, "eps": 1e-3, "phi_paper": phi_paper, "phi": phi}]}
+        return {"sb": model(*sb), "lb": model(*lb), "distance_ratio": 5.0}
+
+    settings = MeasureSettings(eps=(1e-3,), subspace_dims=(0,), maxiter=100)
+    data, text = trials.tables([trial((1, 2), (10, 50)), trial((3, 4), (20, 60))], "F1", settings)
+    assert data["table3"]["0.001"]["lb"]["values"] == [10, 20]
+    assert data["table3_at_maxiter"]["0.001"]["lb"]["values"] == [50, 60]
+    assert data["table3_at_maxiter_comparison"]["0.001"]["ratio"] == pytest.approx(110 / 6)
+    assert "Table 3 after 100 iterations (not the paper's 10)" in text
+    assert "| paper | 1.23 ± 0.83" in text  # the paper's row only beside the 10-iteration table
+    assert text.count("| paper |") == 2  # Table 2 and Table 3

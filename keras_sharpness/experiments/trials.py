@@ -85,11 +85,26 @@ def _history(path):
     return read_history(path)
 
 
-def _phi(trial, name, p, eps):
+def _phi(trial, name, p, eps, field="phi_paper"):
+    """phi of one trial's model: after the paper's 10 iterations (``phi_paper``)
+    or after all ``maxiter`` (``phi``); records from before ``phi_paper``
+    existed, or of runs shorter than 10 iterations, give ``phi``."""
     for r in trial[name]["sharpness"]:
         if r["subspace_dim"] == p and abs(r["eps"] - eps) <= 1e-12 * max(1.0, eps):
-            return r["phi"]
+            value = r.get(field)
+            return r["phi"] if value is None else value
     return None
+
+
+def _sharpness_table(trials, p, eps_values, field):
+    """Per eps: SB/LB summaries and their paired comparison."""
+    table, comparisons = {}, {}
+    for e in eps_values:
+        sb = [_phi(t, "sb", p, e, field) for t in trials]
+        lb = [_phi(t, "lb", p, e, field) for t in trials]
+        table[str(e)] = {"sb": reports.summarize(sb), "lb": reports.summarize(lb)}
+        comparisons[str(e)] = paired_comparison(sb, lb)
+    return table, comparisons
 
 
 def tables(trials, network, settings):
@@ -108,22 +123,21 @@ def tables(trials, network, settings):
         split: paired_comparison([100 * t["sb"][f"{split}_acc"] for t in trials],
                                  [100 * t["lb"][f"{split}_acc"] for t in trials])
         for split in ("train", "test")}
-    # Table 3 is the full space; Table 4 the first random subspace (paper: p = 100).
+    # Table 3 is the full space; Table 4 the first random subspace (paper:
+    # p = 100), both after the paper's 10 iterations; with --maxiter > 10 the
+    # same after all iterations too ("..._at_maxiter").
     random_dims = [p for p in settings.subspace_dims if p > 0]
+    fields = [("", "phi_paper")] + ([("_at_maxiter", "phi")] if settings.maxiter > 10 else [])
     for table, p in (("table3", 0 if 0 in settings.subspace_dims else None),
                      ("table4", random_dims[0] if random_dims else None)):
         if p is None:
             continue
-        data[table] = {str(e): {name: reports.summarize([_phi(t, name, p, e) for t in trials])
-                                for name in ("sb", "lb")} for e in settings.eps}
-        data[f"{table}_comparison"] = {
-            str(e): paired_comparison([_phi(t, "sb", p, e) for t in trials],
-                                      [_phi(t, "lb", p, e) for t in trials])
-            for e in settings.eps}
+        for suffix, field in fields:
+            data[table + suffix], data[f"{table}{suffix}_comparison"] = _sharpness_table(
+                trials, p, settings.eps, field)
         data[f"{table}_subspace_dim"] = p
     for p in random_dims[1:]:
-        data[f"subspace_{p}"] = {str(e): {name: reports.summarize([_phi(t, name, p, e) for t in trials])
-                                          for name in ("sb", "lb")} for e in settings.eps}
+        data[f"subspace_{p}"], _ = _sharpness_table(trials, p, settings.eps, "phi_paper")
     data["distance_ratio"] = reports.summarize([t["distance_ratio"] for t in trials])
     data["training_runs"] = [t.get("training") for t in trials]
     data["paper"] = {"table2": reports.PAPER_TABLE2.get(network),
@@ -155,14 +169,18 @@ def markdown(data, network):
         out.append(f"- {split} accuracy per trial: SB {_values(c['sb']['values'])}, "
                    f"LB {_values(c['lb']['values'])}; {format_comparison(c)}")
     out.append("")
-    for table, title in (("table3", "Table 3: sharpness, full space"),
-                         ("table4", f"Table 4: sharpness, random {data.get('table4_subspace_dim')}-dim subspace")):
+    maxiter = data["settings"]["maxiter"]
+    for table, title in (
+            ("table3", "Table 3: sharpness, full space"),
+            ("table4", f"Table 4: sharpness, random {data.get('table4_subspace_dim')}-dim subspace"),
+            ("table3_at_maxiter", f"Table 3 after {maxiter} iterations (not the paper's 10)"),
+            ("table4_at_maxiter", f"Table 4 after {maxiter} iterations (not the paper's 10)")):
         if table not in data:
             continue
         eps = list(data[table])
         header = [""] + [f"eps={e} {m}" for e in eps for m in ("SB", "LB")]
         rows = [["ours"] + [_cell(data[table][e][m]) for e in eps for m in ("sb", "lb")]]
-        paper = data["paper"][table]
+        paper = data["paper"].get(table)
         if paper and (table == "table3" or data["table4_subspace_dim"] == 100):
             rows.append(["paper"] + [_paper_cell(paper.get(str(float(e)), {}).get(m))
                                      for e in eps for m in ("sb", "lb")])
