@@ -13,7 +13,13 @@ one attribute, ``eval_statistics``:
 * ``"moving"``: standard Keras behaviour (moving statistics at evaluation).
 
 Training (``training=True``) is the same in both modes: batch statistics, and
-the moving statistics are updated. With ``synchronized=True`` (TensorFlow
+the moving statistics are updated.
+
+At evaluation in ``"batch"`` mode the layer computes the batch mean and
+variance itself (`exact_moments`), differentiable to every order: Keras'
+moments (`tf.nn.moments`) stop the gradient through the mean inside the
+variance, which leaves first derivatives right but makes Hessian-vector
+products through batch-statistics BN wrong. With ``synchronized=True`` (TensorFlow
 backend) the batch statistics are all-reduced across the replicas of a
 `tf.distribute` strategy, in training and, in ``"batch"`` mode, at evaluation.
 """
@@ -34,6 +40,14 @@ def check_bn_mode(mode):
     return mode
 
 
+def exact_moments(inputs, axes):
+    """Mean and variance over `axes`, with exact derivatives of every order."""
+    axes = list(axes)
+    mean = keras.ops.mean(inputs, axis=axes, keepdims=True)
+    variance = keras.ops.mean(keras.ops.square(inputs - mean), axis=axes)
+    return keras.ops.squeeze(mean, axis=tuple(axes)), variance
+
+
 @keras.saving.register_keras_serializable(package="keras_sharpness")
 class SwitchableBatchNormalization(keras.layers.BatchNormalization):
     """`keras.layers.BatchNormalization` with a choice of evaluation statistics.
@@ -52,7 +66,10 @@ class SwitchableBatchNormalization(keras.layers.BatchNormalization):
             return super().call(inputs, training=training, mask=mask)
         compute_dtype = keras.backend.result_type(inputs.dtype, "float32")
         inputs = keras.ops.cast(inputs, compute_dtype)
-        mean, variance = self._moments(inputs, mask)
+        if self.synchronized or mask is not None:
+            mean, variance = self._moments(inputs, mask)  # all-reduced / masked: Keras'
+        else:
+            mean, variance = exact_moments(inputs, self._reduction_axes)
         outputs = keras.ops.batch_normalization(
             x=inputs,
             mean=mean,

@@ -46,60 +46,161 @@ def _cross_entropy_sum_and_correct(logits, labels):
     return -tf.reduce_sum(picked), correct
 
 
-def _exact_moments(layer, inputs, mask):
-    """Batch mean and variance, differentiable to every order.
+def batchnorm_policy(model):
+    """The BN evaluation policy `model` itself follows: "batch", "moving" or None (no BN).
 
-    `tf.nn.moments` (behind Keras' BatchNormalization) stops the gradient
-    through the mean inside the variance: harmless for first derivatives
-    (the deviations sum to zero) but wrong for second ones, so Hessian-vector
-    products through batch-statistics BatchNorm would be wrong. Same values.
+    The project's `SwitchableBatchNormalization` says its own; Keras'
+    `BatchNormalization` uses moving statistics at evaluation.
+
+    Raises:
+        UserError: the model mixes policies.
     """
-    if mask is not None:
-        return type(layer)._moments(layer, inputs, mask)
-    compute = tf.float32 if inputs.dtype in (tf.float16, tf.bfloat16) else inputs.dtype
-    x = tf.cast(inputs, compute)
-    axes = list(layer._reduction_axes)
-    mean = tf.reduce_mean(x, axis=axes, keepdims=True)
-    variance = tf.reduce_mean(tf.math.squared_difference(x, mean), axis=axes)
-    mean = tf.squeeze(mean, axis=axes)
-    return tf.cast(mean, inputs.dtype), tf.cast(variance, inputs.dtype)
+    from keras_sharpness.layers import SwitchableBatchNormalization
+
+    modes = {getattr(layer, "eval_statistics", "moving") if isinstance(
+                 layer, SwitchableBatchNormalization) else "moving"
+             for layer in _batchnorm_layers(model)}
+    if len(modes) > 1:
+        raise UserError(f"model {model.name} mixes BatchNorm evaluation modes {sorted(modes)}; "
+                        f"pass bn_mode to choose one for all")
+    return modes.pop() if modes else None
 
 
-def _clone_with_bn_mode(model, bn_mode):
-    """A structural copy of `model` in BN mode `bn_mode` (weights irrelevant).
-
-    The clone's BatchNorm layers compute batch moments with `_exact_moments`
-    so that second derivatives are right; the caller's model is untouched.
-    """
-    import functools
-
+def _batchnorm_layers(model):
     import keras
 
-    from keras_sharpness.networks import batchnorm_layers, set_bn_mode
+    return [layer for layer in model._flatten_layers(include_self=False)
+            if isinstance(layer, keras.layers.BatchNormalization)]
 
-    clone = keras.models.clone_model(model)
-    if bn_mode is not None:
-        set_bn_mode(clone, bn_mode)
-    for layer in batchnorm_layers(clone):
-        # The objective evaluates on one device, where synchronized moments
-        # are the local ones.
-        layer._moments = functools.partial(_exact_moments, layer)
-    return clone
+
+def _output_layer(model):
+    """The layer that produces the model's (single) output, or None."""
+    try:
+        outputs = model.outputs
+    except (AttributeError, ValueError):
+        return None
+    if not outputs or len(outputs) != 1:
+        return None
+    history = getattr(outputs[0], "_keras_history", None)
+    return getattr(history, "operation", None)
+
+
+def _output_activation(layer):
+    """"softmax", "sigmoid" or None: the probability map a layer ends with."""
+    import keras
+
+    if isinstance(layer, keras.layers.Softmax):
+        return "softmax"
+    activation = getattr(layer, "activation", None)
+    name = getattr(activation, "__name__", None) or (activation if isinstance(activation, str) else None)
+    return name if name in ("softmax", "sigmoid") else None
+
+
+def evaluation_model(model, bn_mode):
+    """A copy of `model` that computes f as its label says: logits out, BN as asked.
+
+    Functional and Sequential models are cloned (`keras.models.clone_model`);
+    in the copy
+
+    * every BatchNormalization (Keras' own or the project's) becomes a
+      `SwitchableBatchNormalization` with evaluation statistics `bn_mode`
+      (None: the layer's own policy), so "batch" and "moving" mean the same
+      for every model, with exact second derivatives;
+    * a softmax at the output (an activation of the last layer, an
+      ``Activation("softmax")`` or a ``Softmax`` layer) is removed: the
+      cross-entropy of softmax(z) is that of the logits z, computed stably.
+
+    A subclassed model cannot be cloned; it is used as it is (evaluated with
+    ``stateless_call``, never mutated) when that computes what was asked: no
+    BatchNorm, or Keras BN with ``bn_mode`` "moving" or None.
+
+    Returns:
+        ``(model, removed)``: the model to evaluate and whether a softmax was
+        removed.
+
+    Raises:
+        UserError: a sigmoid output, or a subclassed model whose BN policy
+            cannot be switched.
+    """
+    import keras
+
+    from keras_sharpness.layers import SwitchableBatchNormalization
+
+    policy = batchnorm_policy(model)
+    output = _output_layer(model)
+    if output is None:  # subclassed (or multi-output): no graph to rewrite
+        layers = _batchnorm_layers(model)
+        wanted = bn_mode or policy
+        if layers and not (wanted == "moving" and not any(
+                isinstance(layer, SwitchableBatchNormalization) for layer in layers)):
+            raise UserError(
+                f"model {model.name} is a subclassed keras.Model with BatchNormalization: "
+                f"its BN policy {wanted!r} cannot be applied without cloning; build it as "
+                f"a functional or Sequential model, or use bn_mode='moving' with Keras BN")
+        return model, False
+    activation = _output_activation(output)
+    if activation == "sigmoid":
+        raise UserError(f"model {model.name} ends in a sigmoid; f is the softmax "
+                        f"cross-entropy over classes: give a model whose output is logits "
+                        f"or softmax probabilities")
+
+    def clone_layer(layer):
+        config = layer.get_config()
+        if isinstance(layer, keras.layers.BatchNormalization):
+            own = getattr(layer, "eval_statistics", "moving")
+            config["eval_statistics"] = bn_mode or own
+            return SwitchableBatchNormalization.from_config(config)
+        if layer is output and activation == "softmax":
+            if isinstance(layer, keras.layers.Softmax) or type(layer) is keras.layers.Activation:
+                return keras.layers.Activation("linear", name=config["name"])
+            config["activation"] = "linear"
+        return layer.__class__.from_config(config)
+
+    try:
+        clone = keras.models.clone_model(model, clone_function=clone_layer)
+    except Exception as e:  # noqa: BLE001 (any failure means: cannot copy this model)
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"model {model.name} cannot be copied for evaluation "
+                        f"({message[:160]})") from None
+    return clone, activation == "softmax"
+
+
+def _labels_as_indices(y, num_samples):
+    """Integer class labels from integer, integral-float or one-hot labels."""
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] > 1:
+        if len(y) != num_samples:
+            raise UserError(f"need as many labels as inputs; got {num_samples} inputs, "
+                            f"{len(y)} one-hot labels")
+        if not (np.all((y == 0) | (y == 1)) and np.all(y.sum(axis=1) == 1)):
+            raise UserError("2-D labels must be one-hot (one 1 per row, zeros elsewhere)")
+        return np.argmax(y, axis=1)
+    y = y.reshape(-1)
+    if len(y) != num_samples:
+        raise UserError(f"need as many labels as inputs and at least one sample; got "
+                        f"{num_samples} inputs, {len(y)} labels")
+    if not np.issubdtype(y.dtype, np.integer):
+        if not np.all(np.isfinite(y)) or not np.all(np.equal(np.mod(y, 1), 0)):
+            raise UserError("labels must be integer class indices (or one-hot rows)")
+    return y.astype(np.int64)
 
 
 class TrainingLoss:
     """f(w) = mean cross-entropy of a Keras model at weights w over fixed data.
 
     Args:
-        model: a `keras.Model` that outputs **logits**. It is cloned, never
-            modified; its current trainable weights are the default point
-            (`initial_point`) and its non-trainable ones (BatchNorm moving
-            statistics) the default `non_trainable` values.
+        model: a `keras.Model` that outputs logits, or softmax probabilities
+            through a final softmax (removed in the copy that is evaluated:
+            see `evaluation_model`). It is never modified; its current
+            trainable weights are the default point (`initial_point`) and its
+            non-trainable ones (BatchNorm moving statistics) the default
+            `non_trainable` values.
         x: inputs, a NumPy array whose first axis indexes samples.
-        y: integer class labels, shape ``(len(x),)``.
+        y: class labels: integers of shape ``(len(x),)``, or one-hot rows.
         bn_mode: ``"batch"`` (batch statistics at evaluation, Keras 1
             ``mode=2``), ``"moving"`` (moving statistics), or None for the
-            model's own mode (`keras_sharpness.networks.get_bn_mode`).
+            model's own policy (`batchnorm_policy`; Keras' own
+            BatchNormalization: moving). Honoured for Keras' BN layers too.
         batch_size: samples per fixed batch. In ``"batch"`` mode it is part of
             the definition of f (the statistics are those of each batch).
         num_samples: evaluate on a seeded random subset of this many samples
@@ -114,16 +215,11 @@ class TrainingLoss:
     def __init__(self, model, x, y, *, bn_mode=None, batch_size=1000,
                  num_samples=None, seed=0):
         from keras_sharpness.layers import check_bn_mode
-        from keras_sharpness.networks import get_bn_mode
 
         x = np.asarray(x)
-        y = np.asarray(y).reshape(-1)
-        if len(x) == 0 or len(x) != len(y):
-            raise UserError(f"need as many labels as inputs and at least one "
-                            f"sample; got {len(x)} inputs, {len(y)} labels")
-        if not np.issubdtype(y.dtype, np.integer):
-            if not np.all(np.equal(np.mod(y, 1), 0)):
-                raise UserError("labels must be integer class indices")
+        if len(x) == 0:
+            raise UserError("need at least one sample")
+        y = _labels_as_indices(y, len(x))
         if int(batch_size) < 1:
             raise UserError(f"batch_size must be at least 1, got {batch_size}")
         if num_samples is not None:
@@ -134,14 +230,17 @@ class TrainingLoss:
             keep = np.sort(np.random.default_rng(seed).choice(
                 len(x), size=num_samples, replace=False))
             x, y = x[keep], y[keep]
-        own_mode = get_bn_mode(model)
-        self.bn_mode = own_mode if bn_mode is None else check_bn_mode(bn_mode)
+        own_mode = batchnorm_policy(model)
+        if bn_mode is not None:
+            check_bn_mode(bn_mode)
+        #: The BN policy f is computed with (None: the model has no BN).
+        self.bn_mode = None if own_mode is None else (bn_mode or own_mode)
         self.batch_size = int(batch_size)
         self.num_samples = len(x)
         self.seed = seed
         _check_compatible(model, x, y)
 
-        self._model = _clone_with_bn_mode(model, self.bn_mode if own_mode else None)
+        self._model, self.softmax_removed = evaluation_model(model, self.bn_mode)
         source_trainable = list(model.trainable_variables)
         source_fixed = list(model.non_trainable_variables)
         clone_trainable = list(self._model.trainable_variables)
@@ -168,6 +267,20 @@ class TrainingLoss:
             yb = np.asarray(y[start:start + self.batch_size], dtype=np.int64)
             self._batches.append((tf.constant(xb), tf.constant(yb)))
         self._compile()
+        if not self.softmax_removed:
+            self._refuse_probabilities()
+
+    def _refuse_probabilities(self):
+        """One line instead of a silently wrong f when outputs are probabilities."""
+        trainable, fixed = self._tensors(self._initial, None)
+        xb, _ = self._batches[0]
+        outputs, _ = self._model.stateless_call(trainable, fixed, xb[:256], training=False)
+        outputs = np.asarray(outputs, dtype=np.float64)
+        if (outputs.ndim == 2 and outputs.shape[1] > 1 and np.all(outputs >= 0)
+                and np.all(outputs <= 1) and np.allclose(outputs.sum(axis=1), 1.0, atol=1e-4)):
+            raise UserError(f"model {self._model.name} outputs probabilities (rows sum to 1) "
+                            f"from a layer that is not a final softmax; f needs logits: "
+                            f"remove the softmax, or end the model in Activation('softmax')")
 
     # ----------------------------------------------------------------- weights
     def initial_point(self):
