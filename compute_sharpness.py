@@ -13,8 +13,6 @@ from absl import flags
 
 from keras_sharpness import cli
 
-cli.quiet_tensorflow()
-
 flags.DEFINE_string("workdir", None, "Run directory holding sb.keras, lb.keras and run.json.")
 flags.DEFINE_string("model", None, "A single .keras checkpoint (instead of --workdir).")
 flags.DEFINE_string("dataset", None, "Data source for --model (mnist, cifar10, cifar100, "
@@ -51,10 +49,8 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     from keras_sharpness import sharpness_cli
-    from keras_sharpness.errors import UserError
 
-    if len(argv) > 1:
-        raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+    del argv  # cli.run refuses positional arguments
     sharpness_cli.main(
         eps=FLAGS.eps, workdir=FLAGS.workdir, model=FLAGS.model, dataset=FLAGS.dataset,
         data_dir=FLAGS.data_dir, output=FLAGS.output, subspace_dim=FLAGS.subspace_dim,

@@ -16,8 +16,6 @@ from absl import flags
 
 from keras_sharpness import cli
 
-cli.quiet_tensorflow()
-
 FLAGS = flags.FLAGS
 flags.DEFINE_string("network", None, "F1, F2, C1, C2, C3 or C4.", short_name="n")
 flags.DEFINE_string("dataset", None,

@@ -39,6 +39,8 @@ def quiet_tensorflow():
 def run(main):
     """Run an absl `main`, turning known bad input into one line and exit 2.
 
+    Flags are parsed before TensorFlow is imported (`quiet_tensorflow` runs
+    between parsing and `main`), so ``--help`` and flag errors answer at once.
     `UserError` (unknown network, bad flag value, missing or corrupt file,
     unreachable data) prints ``error: <message>`` to stderr; so do absl flag
     errors, which absl already reports in one line. Anything else is a bug and
@@ -50,6 +52,10 @@ def run(main):
 
     def guarded(argv):
         try:
+            if len(argv) > 1:
+                raise UserError(f"unexpected arguments: {' '.join(argv[1:])} (flags are "
+                                f"written --name=value)")
+            quiet_tensorflow()
             return main(argv)
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)

@@ -12,7 +12,6 @@ estimate).
 import math
 
 import numpy as np
-import scipy.stats
 
 #: Confidence level of the bootstrap interval.
 CONFIDENCE = 0.95
@@ -48,6 +47,8 @@ def paired_comparison(sb, lb, *, seed=0, confidence=CONFIDENCE, resamples=RESAMP
         fewer than two pairs or all differences zero), ``ratio`` (mean LB /
         mean SB) and ``ratio_interval`` ([low, high], None where undefined).
     """
+    import scipy.stats  # 2 s to import: not at command start-up (--help)
+
     a, b = _finite_pairs(sb, lb)
     n = len(a)
     out = {"n": n, "confidence": confidence,

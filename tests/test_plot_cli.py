@@ -95,3 +95,23 @@ def test_bad_input_is_one_line_and_nonzero_exit(tmp_path, case, args, expected):
     assert len(lines) == 1, f"{case}: {lines}"
     assert lines[0].startswith("error: ") and expected in lines[0], lines[0]
     assert not (tmp_path / "Figures").exists()
+
+
+@pytest.mark.parametrize("command", [
+    [str(SCRIPT), "--help"],
+    [str(REPO / "compute_sharpness.py"), "--help"],
+    ["-m", "keras_sharpness.experiments.trials", "--help"],
+    ["-m", "keras_sharpness.experiments.sensitivity", "--help"],
+    [str(SCRIPT), "-n", "F1", "stray"],
+])
+def test_help_and_flag_errors_answer_before_tensorflow_is_imported(command):
+    """--help and bad flags must not wait ~10 s for TensorFlow (nor SciPy's stats)."""
+    done = subprocess.run([sys.executable, "-X", "importtime", *command], capture_output=True,
+                          text=True, cwd=REPO, timeout=120)
+    imported = [line.split("|")[-1].strip() for line in done.stderr.splitlines()
+                if line.startswith("import time:")]
+    assert imported, done.stderr[-2000:]
+    assert not [m for m in imported if m.split(".")[0] in ("tensorflow", "keras")]
+    assert "scipy.stats" not in imported
+    if "stray" in command:
+        assert done.returncode == 2 and "error: unexpected arguments: stray" in done.stderr

@@ -119,10 +119,10 @@ def start(main, define_flags=None, *, one_sharpness=True):
         one_sharpness: figures plot one sharpness per point, so default to
             ``--eps=1e-3 --subspace_dims=0`` (full space).
     """
-    from keras_sharpness.cli import quiet_tensorflow, run
-
-    quiet_tensorflow()
     from absl import flags
+
+    from keras_sharpness.cli import run
+
 
     define_common_flags()
     if define_flags is not None:

@@ -187,8 +187,7 @@ def main(argv):
     from absl import flags
 
     FLAGS = flags.FLAGS
-    if len(argv) > 1:
-        raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+    del argv  # cli.run refuses positional arguments
     if not FLAGS.workdir:
         raise UserError("--workdir is required: a trials work directory (trial*/sb.keras, lb.keras)")
     from keras_sharpness.sharpness_cli import parse_eps
@@ -220,8 +219,7 @@ def define_flags():
 
 
 if __name__ == "__main__":
-    from keras_sharpness.cli import quiet_tensorflow, run as run_main
+    from keras_sharpness.cli import run as run_main
 
-    quiet_tensorflow()
     define_flags()
     run_main(main)
