@@ -7,8 +7,8 @@ Figure 3 of Keskar et al. (2017), for any of the paper's six networks:
     python plot_parametric_plot.py -n F1 --dataset=digits      # offline demo
     python plot_parametric_plot.py -n C1 --augment --workdir=runs/C1-augment  # Appendix E
 
-Writes Figures/<network>.{pdf,png} and runs/<network>/ (checkpoints, history,
-run.json, parametric.json). Run the same command again after a kill to
+Writes runs/<network>/ (checkpoints, history, run.json, parametric.json and
+<network>.{pdf,png}; --figures_dir puts the figures elsewhere). Run the same command again after a kill to
 resume. See docs/parametric_plot.md.
 """
 
@@ -52,9 +52,11 @@ flags.DEFINE_enum("bn_eval", "batch", ["batch", "recompute", "moving"],
 flags.DEFINE_alias("plot_bn", "bn_eval")
 flags.DEFINE_integer("eval_batch_size", 1000, "Evaluation batch size (defines f with BN batch statistics).")
 flags.DEFINE_string("workdir", None, "Checkpoints and JSON; default runs/<network>.")
-flags.DEFINE_string("figures_dir", "Figures", "Where <network>.pdf and .png go.")
+flags.DEFINE_string("figures_dir", None, "Where <network>.pdf and .png go (default: "
+                    "--workdir).")
 flags.DEFINE_integer("seed", 0, "Seed of x0, data order, dropout and subsets.")
-flags.DEFINE_integer("verbose", 1, "0 silent, 1 progress bars, 2 one line per epoch.")
+flags.DEFINE_integer("verbose", None, "0 silent, 1 progress bars, 2 one line per epoch "
+                     "(default: 1 on a terminal, 2 when output goes to a file).")
 # Appendix E: attempts to fix large-batch training.
 flags.DEFINE_bool("augment", False, "Augment training images: horizontal flips, rotations "
                   "up to 10 degrees, translations up to 0.2 (image inputs only).")
@@ -84,7 +86,8 @@ def main(argv):
         num_points=FLAGS.num_points, alpha_min=FLAGS.alpha_min, alpha_max=FLAGS.alpha_max,
         curve=FLAGS.curve, bn_eval=FLAGS.bn_eval, eval_batch_size=FLAGS.eval_batch_size,
         workdir=FLAGS.workdir, figures_dir=FLAGS.figures_dir, seed=FLAGS.seed,
-        verbose=FLAGS.verbose, augment=FLAGS.augment,
+        verbose=cli.default_verbosity() if FLAGS.verbose is None else FLAGS.verbose,
+        augment=FLAGS.augment,
         conservative_lambda=FLAGS.conservative_lambda,
         conservative_steps=FLAGS.conservative_steps, adversarial_eps=FLAGS.adversarial_eps,
         adversarial_clean_weight=FLAGS.adversarial_clean_weight,

@@ -36,6 +36,29 @@ def quiet_tensorflow():
             os.close(saved)
 
 
+def default_verbosity():
+    """Keras progress bars on a terminal, one line per epoch in a log file."""
+    return 1 if sys.stdout.isatty() else 2
+
+
+def check_finite_flags():
+    """Every float flag must be a finite number: one place for all commands.
+
+    Raises:
+        UserError: naming the first flag set to inf or NaN.
+    """
+    import math
+
+    from absl import flags
+
+    from keras_sharpness.errors import UserError
+
+    for name in flags.FLAGS:
+        value = flags.FLAGS[name].value
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"--{name} must be a finite number, got {value}")
+
+
 def run(main):
     """Run an absl `main`, turning known bad input into one line and exit 2.
 
@@ -55,6 +78,7 @@ def run(main):
             if len(argv) > 1:
                 raise UserError(f"unexpected arguments: {' '.join(argv[1:])} (flags are "
                                 f"written --name=value)")
+            check_finite_flags()
             quiet_tensorflow()
             return main(argv)
         except UserError as e:

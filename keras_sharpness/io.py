@@ -56,6 +56,27 @@ def remove_temporary_files(folder):
             leftover.unlink(missing_ok=True)
 
 
+def ensure_writable_dir(path, what="output directory"):
+    """Creates `path` if needed and proves it writable, before any work starts.
+
+    Raises:
+        UserError: one line naming the directory and why it cannot be used.
+    """
+    from keras_sharpness.errors import UserError
+
+    path = pathlib.Path(path)
+    try:
+        if path.exists() and not path.is_dir():
+            raise UserError(f"{what} {path} is a file, not a directory")
+        path.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path / ".write-test") as tmp:
+            tmp.write_text("")
+        (path / ".write-test").unlink()
+    except OSError as e:
+        raise UserError(f"{what} {path} cannot be written ({e.strerror or e})") from None
+    return path
+
+
 def write_json(path, data):
     """Writes `data` as JSON to `path` atomically (never a half-written file)."""
     text = json.dumps(data, indent=2, sort_keys=False, default=_jsonable) + "\n"

@@ -31,7 +31,7 @@ def run(network, *, dataset=None, data_dir=None, train_size=None, test_size=None
         strategy="default",
         accumulation_steps=1, num_points=25, alpha_min=-1.0, alpha_max=2.0,
         curve="linear", bn_eval="batch", eval_batch_size=1000, workdir=None,
-        figures_dir="Figures", seed=0, verbose=1, augment=False,
+        figures_dir=None, seed=0, verbose=1, augment=False,
         conservative_lambda=0.0, conservative_steps=3, adversarial_eps=0.0,
         adversarial_clean_weight=0.5, remedies_apply_to="lb"):
     """Trains (or reuses) SB and LB from one x0, sweeps alpha, writes JSON and figures.
@@ -50,7 +50,7 @@ def run(network, *, dataset=None, data_dir=None, train_size=None, test_size=None
             `keras_sharpness.parametric.parametric_curve` (``bn_eval`` is its
             ``bn_semantics``).
         workdir: checkpoints and JSON; None for ``runs/<network>``.
-        figures_dir: where ``<network>.pdf`` / ``.png`` go.
+        figures_dir: where ``<network>.pdf`` / ``.png`` go (None: `workdir`).
         seed: x0, data order, dropout, subsets and augmentation.
         verbose: 0 silent, 1 progress bars and one line per alpha, 2 one line
             per epoch.
@@ -67,7 +67,7 @@ def run(network, *, dataset=None, data_dir=None, train_size=None, test_size=None
             it can be known then.
     """
     from keras_sharpness import data as data_lib
-    from keras_sharpness import parametric, plotting, training
+    from keras_sharpness import io, parametric, plotting, training
     from keras_sharpness.networks import check_network
     from keras_sharpness.remedies import APPLY_TO, Remedies
 
@@ -94,6 +94,10 @@ def run(network, *, dataset=None, data_dir=None, train_size=None, test_size=None
                         f"got {remedies_apply_to!r}")
     dataset = default_dataset(network) if dataset is None else dataset
     workdir = pathlib.Path(workdir) if workdir else pathlib.Path("runs") / network
+    # Outputs first: an unwritable place is found before the data and training.
+    io.ensure_writable_dir(workdir, "--workdir")
+    figures_dir = io.ensure_writable_dir(workdir if figures_dir is None else figures_dir,
+                                         "--figures_dir")
 
     training.make_deterministic(seed)
     data = data_lib.load_arrays(dataset, data_dir=data_dir, train_size=train_size,

@@ -181,6 +181,7 @@ def compute(*, models, data, network, output, eps, subspace_dim=0, maxiter=10, s
                         f"got {hessian_trace_probes!r}")
     if int(batch_size) != batch_size or batch_size < 1:
         raise UserError(f"batch_size must be a positive integer, got {batch_size!r}")
+    io.ensure_writable_dir(pathlib.Path(output).parent, "output directory")
     # Fail on a bad checkpoint before the (possibly slow) data load.
     loaded = [(label, path, io.load_model(path)) for label, path in models]
     arrays = data_lib.load_arrays(**data)

@@ -122,9 +122,12 @@ def resolve_batch_size(value, train_size, *, name="batch size"):
     Raises:
         UserError: non-positive, fractional above 1, or larger than the data.
     """
-    value = float(value)
-    if value <= 0:
-        raise UserError(f"{name} must be positive, got {value:g}")
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{name} must be a number, got {value!r}") from None
+    if not np.isfinite(value) or value <= 0:
+        raise UserError(f"{name} must be a finite number > 0, got {value:g}")
     if value < 1:
         size = max(1, int(round(value * train_size)))
     else:

@@ -85,10 +85,16 @@ def _foreign_workdir(tmp_path):
     ("F2 without data", ["-n", "F2"], "npz:"),
     ("lb batch", ["-n", "F1", *TINY, "--lb_batch_size=5000"], "larger than the training set"),
     ("foreign workdir", ["-n", "F1", *TINY, "--workdir={foreign}"], "holds checkpoints of network C1"),
+    ("infinite alpha", ["-n", "F1", *TINY, "--alpha_max=inf"], "--alpha_max must be a finite"),
+    ("NaN batch", ["-n", "F1", *TINY, "--lb_batch_size=nan"], "--lb_batch_size must be a finite"),
+    ("figures dir is a file", ["-n", "F1", *TINY, "--figures_dir={file}"], "is a file"),
+    ("workdir under a file", ["-n", "F1", *TINY, "--workdir={file}/run"], "cannot be written"),
+    ("stray argument", ["-n", "F1", *TINY, "extra"], "unexpected arguments: extra"),
 ])
 def test_bad_input_is_one_line_and_nonzero_exit(tmp_path, case, args, expected):
-    args = [a.format(foreign=_foreign_workdir(tmp_path)) if "{foreign}" in a else a
-            for a in args]
+    (tmp_path / "a_file").write_text("")
+    args = [a.format(foreign=_foreign_workdir(tmp_path)) if "{foreign}" in a else
+            a.format(file=tmp_path / "a_file") if "{file}" in a else a for a in args]
     done = _run_cli(args, tmp_path)
     lines = _message_lines(done.stderr)
     assert done.returncode != 0, case

@@ -59,8 +59,9 @@ def test_resolve_batch_size():
     assert training.resolve_batch_size(0.0001, 100) == 1
     with pytest.raises(UserError, match="larger than the training set"):
         training.resolve_batch_size(5000, 1000)
-    with pytest.raises(UserError, match="positive"):
-        training.resolve_batch_size(0, 1000)
+    for bad in (0, float("nan"), float("inf"), "many"):
+        with pytest.raises(UserError, match="number"):
+            training.resolve_batch_size(bad, 1000)
     with pytest.raises(UserError, match="whole number"):
         training.resolve_batch_size(2.5, 1000)
 

@@ -31,7 +31,7 @@ def phi_label(settings):
 
 
 def run(data, network, workdir, *, dataset, batch_sizes, settings, training_kwargs,
-        figures_dir="Figures", seed=0, verbose=1):
+        figures_dir=None, seed=0, verbose=1):
     """Trains and measures one solution per batch size; writes JSON and the figure.
 
     Returns:
@@ -70,7 +70,7 @@ def run(data, network, workdir, *, dataset, batch_sizes, settings, training_kwar
     io.write_json(workdir / "batch_sweep.json", result)
     result["figures"] = [str(p) for p in figures.plot_batch_sweep(
         sizes, result["test_acc"], result["sharpness"],
-        pathlib.Path(figures_dir) / f"{network}_batch_sweep",
+        pathlib.Path(figures_dir or workdir) / f"{network}_batch_sweep",
         title=f"{network}: batch-size sweep (Figure 4)", phi_label=phi_label(settings))]
     return result
 

@@ -1,6 +1,5 @@
 """absl flags shared by the experiment commands (defined only by their mains)."""
 
-import pathlib
 
 from keras_sharpness.errors import UserError
 
@@ -16,7 +15,7 @@ def define_common_flags():
     flags.DEFINE_integer("train_size", None, "Seeded subset of the training set (CPU scale).")
     flags.DEFINE_integer("test_size", None, "Seeded subset of the test set.")
     flags.DEFINE_string("workdir", None, "Output directory (default runs/<experiment>_<network>).")
-    flags.DEFINE_string("figures_dir", "Figures", "Where figures are written.")
+    flags.DEFINE_string("figures_dir", None, "Where figures are written (default: --workdir).")
     flags.DEFINE_integer("seed", 0, "Seed of x0, data order, subspaces.")
     flags.DEFINE_list("eps", ["1e-3", "5e-4"], "Sharpness box scales.")
     flags.DEFINE_list("subspace_dims", ["0", "100"], "0 = full space, p = random p-dim subspace.")
@@ -40,7 +39,8 @@ def define_common_flags():
     flags.DEFINE_float("relative_min_delta", 0.0, "Decrease of f relative to the best f "
                        "that counts (the larger of the two applies).")
     flags.DEFINE_integer("max_epochs", 500, "Epoch cap with --until_converged.")
-    flags.DEFINE_integer("verbose", 1, "0 quiet, 1 progress bars, 2 one line per epoch.")
+    flags.DEFINE_integer("verbose", None, "0 quiet, 1 progress bars, 2 one line per epoch "
+                         "(default: 1 on a terminal, 2 when output goes to a file).")
 
 
 def number(text, name):
@@ -59,6 +59,8 @@ def common_from_flags(FLAGS, experiment):
         dict: ``network``, ``dataset``, ``data``, ``settings``,
         ``training_kwargs``, ``workdir``, ``figures_dir``, ``verbose``.
     """
+    from keras_sharpness import io
+    from keras_sharpness.cli import default_verbosity
     from keras_sharpness.data import load_arrays
     from keras_sharpness.experiments.measure import MeasureSettings
     from keras_sharpness.networks import check_network
@@ -78,6 +80,9 @@ def common_from_flags(FLAGS, experiment):
         check_settings(e, 0, FLAGS.maxiter, FLAGS.start, None, FLAGS.subspace_scale)
     if any(p < 0 for p in dims):
         raise UserError("--subspace_dims must be >= 0")
+    workdir = io.ensure_writable_dir(FLAGS.workdir or f"runs/{experiment}_{network}",
+                                     "--workdir")
+    figures_dir = io.ensure_writable_dir(FLAGS.figures_dir or workdir, "--figures_dir")
     dataset = FLAGS.dataset or default_dataset(network)
     data = load_arrays(dataset, data_dir=FLAGS.data_dir, train_size=FLAGS.train_size,
                        test_size=FLAGS.test_size, seed=FLAGS.seed)
@@ -94,10 +99,10 @@ def common_from_flags(FLAGS, experiment):
         relative_min_delta=FLAGS.relative_min_delta, eval_batch_size=FLAGS.eval_batch_size,
         train_size=FLAGS.train_size, test_size=FLAGS.test_size, data_dir=FLAGS.data_dir,
         data_seed=FLAGS.seed)
-    workdir = pathlib.Path(FLAGS.workdir or f"runs/{experiment}_{network}")
+    verbose = default_verbosity() if FLAGS.verbose is None else FLAGS.verbose
     return dict(network=network, dataset=canonical_source(dataset), data=data,
                 settings=settings, training_kwargs=training_kwargs, workdir=workdir,
-                figures_dir=pathlib.Path(FLAGS.figures_dir), verbose=FLAGS.verbose)
+                figures_dir=figures_dir, verbose=verbose)
 
 
 def resolved_batch_sizes(common):

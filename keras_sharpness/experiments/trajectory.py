@@ -25,7 +25,7 @@ from keras_sharpness.experiments.measure import (
 
 
 def run(data, network, workdir, *, dataset, epochs, every, settings, sb_batch_size,
-        lb_batch_size, figures_dir="Figures", seed=0, verbose=1):
+        lb_batch_size, figures_dir=None, seed=0, verbose=1):
     """Runs (or resumes) both trajectories; returns the JSON-ready dict."""
     from keras_sharpness.training import initial_point
 
@@ -64,7 +64,7 @@ def run(data, network, workdir, *, dataset, epochs, every, settings, sb_batch_si
     result.update(seconds=time.time() - started, versions=io.versions())
     io.write_json(workdir / "trajectory.json", result)
     result["figures"] = [str(p) for p in figures.plot_trajectory(
-        curves, pathlib.Path(figures_dir) / f"{network}_trajectory",
+        curves, pathlib.Path(figures_dir or workdir) / f"{network}_trajectory",
         title=f"{network}: sharpness along training (Figure 6)", phi_label=phi_label(settings))]
     return result
 

@@ -28,7 +28,7 @@ from keras_sharpness.experiments.measure import (
 
 
 def run(data, network, workdir, *, dataset, sb_epochs, lb_epochs, every, settings,
-        sb_batch_size, lb_batch_size, figures_dir="Figures", seed=0, verbose=1):
+        sb_batch_size, lb_batch_size, figures_dir=None, seed=0, verbose=1):
     """Runs (or resumes) the warm-start experiment; returns the JSON-ready dict."""
     from keras_sharpness.training import initial_point
 
@@ -73,7 +73,7 @@ def run(data, network, workdir, *, dataset, sb_epochs, lb_epochs, every, setting
     io.write_json(workdir / "warm_start.json", result)
     result["figures"] = [str(p) for p in figures.plot_warm_start(
         starts, result["sb_test_acc"], result["lb_test_acc"], result["lb_sharpness"],
-        pathlib.Path(figures_dir) / f"{network}_warm_start",
+        pathlib.Path(figures_dir or workdir) / f"{network}_warm_start",
         title=f"{network}: LB warm-started from SB (Figure 5)", phi_label=phi_label(settings))]
     return result
 
