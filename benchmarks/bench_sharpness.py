@@ -68,7 +68,7 @@ def main(argv):
     from keras_sharpness.data import load_arrays
     from keras_sharpness.networks import build_network
     from keras_sharpness.objective import TrainingLoss
-    from keras_sharpness.sharpness import sharpness
+    from keras_sharpness.metric import sharpness
 
     data = load_arrays(f"npz:{FLAGS.data}")
     keras.utils.set_random_seed(0)

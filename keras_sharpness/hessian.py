@@ -73,6 +73,10 @@ def top_eigenvalues(objective, k=1, *, point=None, non_trainable=None,
                     return_eigenvectors=False):
     """The k largest eigenvalues of the Hessian of f at a point.
 
+    Example::
+
+        ks.top_eigenvalues(ks.TrainingLoss(model, x, y), k=3).eigenvalues
+
     Args:
         objective: a `TrainingLoss` (anything with ``num_params``,
             ``initial_point()`` and ``hessian_vector_product(w, v, fixed)``).
@@ -178,6 +182,11 @@ class HessianTraceResult:
 
 def hessian_trace(objective, num_probes=100, *, point=None, non_trainable=None, seed=0):
     """Estimates tr(H) by Hutchinson's method with Rademacher probes.
+
+    Example::
+
+        estimate = ks.hessian_trace(ks.TrainingLoss(model, x, y), num_probes=100)
+        estimate.trace, estimate.standard_error
 
     E[v^T H v] = tr(H) for v with independent +-1 entries; the estimate is
     exact for a diagonal H with any number of probes, and its error for a

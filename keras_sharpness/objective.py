@@ -188,6 +188,13 @@ def _labels_as_indices(y, num_samples):
 class TrainingLoss:
     """f(w) = mean cross-entropy of a Keras model at weights w over fixed data.
 
+    Example::
+
+        f = ks.TrainingLoss(model, x_train, y_train, bn_mode="batch")
+        w = f.initial_point()              # the model's weights, float64
+        value, gradient = f.value_and_gradient(w)
+        hv = f.hessian_vector_product(w, gradient)
+
     Args:
         model: a `keras.Model` that outputs logits, or softmax probabilities
             through a final softmax (removed in the copy that is evaluated:

@@ -160,6 +160,12 @@ def parametric_curve(sb_model, lb_model, data, *, num_points=25, alpha_min=-1.0,
                      batch_size=1000, verbose=False):
     """Train/test loss and accuracy along the path from x_SB to x_LB.
 
+    Example::
+
+        data = ks.ArrayData.from_arrays(x_train, y_train, x_test, y_test)
+        curve = ks.parametric_curve(sb_model, lb_model, data, num_points=25)
+        ks.plot_parametric(curve, "figures/F1")   # figures/F1.pdf and .png
+
     Args:
         sb_model, lb_model: the two minimizers (same architecture, logits).
             Not modified.

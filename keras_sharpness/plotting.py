@@ -36,6 +36,10 @@ def plot_parametric(result, out_stem, *, title=None):
     axis (red); training data solid, test data dashed, as in the released
     ``plot_parametric_plot.py``.
 
+    Example::
+
+        pdf, png = ks.plot_parametric(ks.parametric_curve(sb, lb, data), "figures/F1")
+
     Args:
         result: `keras_sharpness.parametric.ParametricResult` (or a dict with
             the same keys, e.g. a loaded ``parametric.json``).

@@ -33,7 +33,7 @@ def parse_eps(values):
     Raises:
         UserError: a value that is not a finite number > 0, or none at all.
     """
-    from keras_sharpness.sharpness import check_settings
+    from keras_sharpness.metric import check_settings
 
     eps = []
     for value in values or ():
@@ -144,7 +144,7 @@ def compute(*, models, data, network, output, eps, subspace_dim=0, maxiter=10, s
         output: path of the JSON report (a list of records).
         eps: list of box scales.
         subspace_dim, maxiter, seed, subspace_scale: as
-            `keras_sharpness.sharpness.sharpness`.
+            `keras_sharpness.metric.sharpness`.
         start: a start rule, or several separated by commas
             (``"zero,corner,random"``): then phi is the largest over the
             starts (`sharpness_multistart`) and the record lists each.
@@ -160,7 +160,7 @@ def compute(*, models, data, network, output, eps, subspace_dim=0, maxiter=10, s
         The list of records computed or reused by this call.
     """
     from keras_sharpness import data as data_lib
-    from keras_sharpness import hessian, io, sharpness
+    from keras_sharpness import hessian, io, metric
     from keras_sharpness.objective import TrainingLoss
 
     starts = [s.strip() for s in str(start).split(",") if s.strip()]
@@ -168,7 +168,7 @@ def compute(*, models, data, network, output, eps, subspace_dim=0, maxiter=10, s
         raise UserError("give at least one --start")
     for value in eps:
         for one in starts:
-            sharpness.check_settings(value, subspace_dim, maxiter, one, None, subspace_scale)
+            metric.check_settings(value, subspace_dim, maxiter, one, None, subspace_scale)
     start = ",".join(dict.fromkeys(starts))
     if bn_eval not in BN_EVAL_CHOICES:
         raise UserError(f"unknown --bn_eval {bn_eval!r}; choose one of "
@@ -199,7 +199,7 @@ def compute(*, models, data, network, output, eps, subspace_dim=0, maxiter=10, s
             model, arrays.x_train, arrays.y_train,
             bn_mode=None if bn_eval == "model" else bn_eval,
             batch_size=int(batch_size), num_samples=num_samples, seed=seed)
-        sharpness.check_settings(eps[0], subspace_dim, maxiter, starts[0], objective.num_params,
+        metric.check_settings(eps[0], subspace_dim, maxiter, starts[0], objective.num_params,
                                  subspace_scale)
         used_bn = objective.bn_mode or "none"
         name = network or model.name
@@ -241,9 +241,9 @@ def compute(*, models, data, network, output, eps, subspace_dim=0, maxiter=10, s
 
             n = objective.num_params
             if n not in subspaces:
-                subspaces[n] = sharpness.make_subspace(n, int(subspace_dim), int(seed),
+                subspaces[n] = metric.make_subspace(n, int(subspace_dim), int(seed),
                                                        subspace_scale)
-            result, per_start = sharpness.sharpness_multistart(
+            result, per_start = metric.sharpness_multistart(
                 objective, starts=starts, eps=value, subspace_dim=int(subspace_dim),
                 maxiter=int(maxiter), seed=int(seed), subspace=subspaces[n],
                 progress=progress)

@@ -202,7 +202,7 @@ def test_sensitivity_report_on_saved_trials_without_retraining(tiny, tmp_path, m
             assert r["at_10"]["sb"]["values"][0] == twin["at_10"]["sb"]["values"][0]
             assert r["at_10"]["sb"]["values"][1] == twin["at_10"]["sb"]["values"][0]
     # Run again: every record is reused (the sweep is never called to solve).
-    monkeypatch.setattr("keras_sharpness.sharpness.sharpness", forbidden)
+    monkeypatch.setattr("keras_sharpness.metric.sharpness", forbidden)
     again, _ = sensitivity.run(tmp_path, maxiter=12, echo=lambda line: None, **grid)
     assert again == rows
 

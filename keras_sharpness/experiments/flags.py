@@ -65,7 +65,7 @@ def common_from_flags(FLAGS, experiment):
     from keras_sharpness.experiments.measure import MeasureSettings
     from keras_sharpness.networks import check_network
     from keras_sharpness.parametric_plot import default_dataset
-    from keras_sharpness.sharpness import check_settings
+    from keras_sharpness.metric import check_settings
     from keras_sharpness.training import canonical_source
 
     if not FLAGS.network:

@@ -19,7 +19,7 @@ class MeasureSettings:
         subspace_dims: 0 for the full space (Table 3), p for a random
             p-dimensional subspace (Table 4: 100).
         maxiter: L-BFGS-B iterations (paper: 10).
-        start: L-BFGS-B start point (see `keras_sharpness.sharpness`).
+        start: L-BFGS-B start point (see `keras_sharpness.metric`).
         bn_mode: BatchNorm semantics at evaluation ("batch" = Keras 1 mode=2).
         eval_batch_size: fixed batch size of the objective.
         num_samples: sharpness on a seeded subset of the training set (None:
@@ -81,7 +81,7 @@ def sharpness_records(model, data, settings, *, objective=None, progress=None):
     `objective`, if given, is the training-set objective to measure (it must
     match ``settings.num_samples``); otherwise one is built.
     """
-    from keras_sharpness.sharpness import sharpness
+    from keras_sharpness.metric import sharpness
 
     if objective is None:
         objective = _objective(model, data.x_train, data.y_train, settings,
@@ -118,7 +118,7 @@ def _subspace(n, p, seed, scale):
     Building a random A and its Gram matrix costs seconds for millions of
     weights; SB and LB of one network, and every eps, use the same A.
     """
-    from keras_sharpness.sharpness import make_subspace
+    from keras_sharpness.metric import make_subspace
 
     return make_subspace(n, p, seed, scale)
 

@@ -33,7 +33,7 @@ POINTS = {"kept": "{name}.keras", "last": "{name}_last.keras"}
 
 def parse_space(text):
     """``"full"`` -> (0, "identity"); ``"100:normalized"`` -> (100, "normalized")."""
-    from keras_sharpness.sharpness import SUBSPACE_SCALES
+    from keras_sharpness.metric import SUBSPACE_SCALES
 
     text = str(text).strip()
     if text in ("full", "0"):

@@ -398,6 +398,12 @@ def sharpness(objective, eps=1e-3, subspace_dim=0, maxiter=10, seed=0, start="ze
               progress=None, gtol=SOLVER_DEFAULTS["gtol"], ftol=SOLVER_DEFAULTS["ftol"]):
     """Metric 2.1: how much f can rise in a box of relative size eps around x.
 
+    Example::
+
+        result = ks.sharpness(ks.TrainingLoss(model, x, y), eps=1e-3, maxiter=100)
+        result.phi_paper, result.phi   # after the paper's 10 iterations, after 100
+        result.ascent                  # phi after every iteration
+
     Args:
         objective: a `keras_sharpness.objective.TrainingLoss` (or anything with
             ``num_params``, ``initial_point()``, ``value(w, non_trainable)``

@@ -5,10 +5,10 @@ import math
 import numpy as np
 import pytest
 
-from keras_sharpness import sharpness as sharpness_lib
+from keras_sharpness import metric as sharpness_lib
 from keras_sharpness.errors import UserError
 from keras_sharpness.objective import TrainingLoss
-from keras_sharpness.sharpness import (BLOCK_ROWS, FullSpace, MatrixSubspace,
+from keras_sharpness.metric import (BLOCK_ROWS, FullSpace, MatrixSubspace,
                                        RandomSubspace, SubspaceObjective, sharpness)
 from toy_models import tanh_bn_model, toy_data
 
