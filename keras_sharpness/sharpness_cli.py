@@ -304,6 +304,12 @@ def format_table(records):
     for label, values in hessians.items():
         lines.append(f"top Hessian eigenvalues {label}: "
                      + ", ".join(f"{v:.4g}" for v in values))
+    for r in records:
+        if r.get("per_start"):
+            lines.append(f"{r['model']} eps={r['eps']:g} by start: " + ", ".join(
+                f"{s['start']} {s['phi']:.4g}" for s in r["per_start"])
+                + f" (reported: the largest, from {r['best_start']})")
+    lines += _meaning(rows)
     first = records[0]
     if any(r.get("phi_paper") is not None and r["maxiter"] > 10 for r in records):
         lines.append("phi after the paper's 10 iterations: " + ", ".join(
@@ -313,6 +319,25 @@ def format_table(records):
                  f"start: {first['start']}; maxiter {first['maxiter']}; seed {first['seed']}"
                  + (f"; A: {first.get('subspace_scale')}" if first["subspace_dim"] else "")
                  + ")")
+    return lines
+
+
+def _meaning(rows):
+    """What an SB/LB pair says about the paper's claim, in words."""
+    lines = []
+    for (network, subspace_dim, value), cells in rows.items():
+        sb, lb = cells.get("SB"), cells.get("LB")
+        if sb is None or lb is None or not (math.isfinite(sb) and math.isfinite(lb)):
+            continue
+        space = "full space" if subspace_dim == 0 else f"{subspace_dim}-dim subspace"
+        if lb > sb:
+            verdict = (f"LB is {lb / sb:.3g}x sharper than SB" if sb > 0 else "LB is sharper")
+            verdict += ": the paper's claim (large batches find sharper minimizers) holds here"
+        else:
+            verdict = ("SB is as sharp as or sharper than LB: the paper's claim does not show "
+                       "here; a stuck ascent can cause this (try --start=zero,corner and a "
+                       "larger --maxiter, docs/sharpness.md)")
+        lines.append(f"meaning ({space}, eps={value:g}): {verdict}")
     return lines
 
 
