@@ -25,8 +25,9 @@ flags.DEFINE_string("data_dir", None, "TensorFlow Datasets directory.")
 flags.DEFINE_integer("train_size", None, "Seeded subset of the training set (all if unset).")
 flags.DEFINE_integer("test_size", None, "Seeded subset of the test set (all if unset).")
 flags.DEFINE_float("sb_batch_size", 256, "Small batch: samples, or a fraction < 1 of the training set.")
-flags.DEFINE_float("lb_batch_size", 5000, "Large batch: samples, or a fraction < 1 "
-                   "of the training set (the paper: 0.1).")
+flags.DEFINE_float("lb_batch_size", None, "Large batch: samples, or a fraction < 1 "
+                   "of the training set (the paper: 0.1). Default: the released 5000, or "
+                   "10 % of a training set smaller than 10000.")
 flags.DEFINE_integer("epochs", 20, "Epochs of each run (as released).")
 flags.DEFINE_bool("until_converged", False, "Train until f over the training set stops "
                   "improving (--patience, --min_delta), at most --max_epochs; the "

@@ -26,7 +26,7 @@ def default_dataset(network):
 
 
 def run(network, *, dataset=None, data_dir=None, train_size=None, test_size=None,
-        sb_batch_size=256, lb_batch_size=5000, epochs=20, until_converged=False,
+        sb_batch_size=256, lb_batch_size=None, epochs=20, until_converged=False,
         patience=5, min_delta=1e-4, max_epochs=500, relative_min_delta=0.0,
         strategy="default",
         accumulation_steps=1, num_points=25, alpha_min=-1.0, alpha_max=2.0,
@@ -43,7 +43,9 @@ def run(network, *, dataset=None, data_dir=None, train_size=None, test_size=None
         data_dir: TensorFlow Datasets directory.
         train_size, test_size: seeded subsets (None: whole splits).
         sb_batch_size, lb_batch_size: samples, or fractions (< 1) of the
-            training set.
+            training set; ``lb_batch_size=None``: the released 5000, or 10 %
+            of a training set too small for it
+            (`keras_sharpness.training.default_lb_batch_size`).
         epochs, until_converged, patience, min_delta, max_epochs,
             relative_min_delta, strategy, accumulation_steps: see `keras_sharpness.training.train_sb_lb`.
         num_points, alpha_min, alpha_max, curve, bn_eval, eval_batch_size: see

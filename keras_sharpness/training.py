@@ -142,6 +142,19 @@ def resolve_batch_size(value, train_size, *, name="batch size"):
     return size
 
 
+#: The LB batch of the released script (CIFAR-10: 10 % of the training set).
+RELEASED_LB_BATCH_SIZE = 5000
+
+
+def default_lb_batch_size(train_size):
+    """The released script's 5000, or the paper's 10 % where 5000 does not fit.
+
+    5000 is used while it is at most half the training set; on smaller data
+    (e.g. the offline ``digits``) LB is 10 % of the training set.
+    """
+    return RELEASED_LB_BATCH_SIZE if 2 * RELEASED_LB_BATCH_SIZE <= train_size else 0.1
+
+
 def make_strategy(name):
     """The `tf.distribute.Strategy` called `name` (see the module docstring).
 
@@ -594,7 +607,7 @@ def check_workdir(workdir, record):
 
 
 def train_sb_lb(data, network, workdir, *, dataset, data_dir=None, sb_batch_size=256,
-                lb_batch_size=5000, epochs=20, until_converged=False, patience=5,
+                lb_batch_size=None, epochs=20, until_converged=False, patience=5,
                 min_delta=1e-4, max_epochs=500, seed=0, strategy="default",
                 accumulation_steps=1, bn_mode="batch", train_size=None,
                 test_size=None, verbose=1, callbacks=(), augment=False,
@@ -616,7 +629,7 @@ def train_sb_lb(data, network, workdir, *, dataset, data_dir=None, sb_batch_size
         dataset: the data source string (recorded, checked against the workdir).
         data_dir: recorded in ``run.json``.
         sb_batch_size, lb_batch_size: counts, or fractions (< 1) of the
-            training set.
+            training set; ``lb_batch_size=None`` is `default_lb_batch_size`.
         train_size, test_size: subset sizes requested (recorded).
         data_seed: seed the subsets were drawn with (recorded; default `seed`).
         augment, conservative_lambda, conservative_steps, adversarial_eps,
@@ -635,6 +648,13 @@ def train_sb_lb(data, network, workdir, *, dataset, data_dir=None, sb_batch_size
     """
     workdir = pathlib.Path(workdir)
     n = data.info.train_size
+    if lb_batch_size is None:
+        lb_batch_size = default_lb_batch_size(n)
+        if verbose and lb_batch_size != RELEASED_LB_BATCH_SIZE:
+            print(f"LB batch: the released {RELEASED_LB_BATCH_SIZE} does not fit "
+                  f"{n} training samples twice; using the paper's 10 % "
+                  f"({resolve_batch_size(lb_batch_size, n)}); --lb_batch_size chooses",
+                  flush=True)
     sb = resolve_batch_size(sb_batch_size, n, name="SB batch size")
     lb = resolve_batch_size(lb_batch_size, n, name="LB batch size")
     remedies = remedies_lib.Remedies(
