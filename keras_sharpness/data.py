@@ -84,8 +84,8 @@ class ArrayData:
                 out-of-range labels.
         """
         x_train, x_test = _scale(x_train, name, "x_train"), _scale(x_test, name, "x_test")
-        y_train = _labels(y_train, name, "y_train")
-        y_test = _labels(y_test, name, "y_test")
+        y_train = labels_as_indices(y_train, name, "y_train")
+        y_test = labels_as_indices(y_test, name, "y_test")
         for x, y, split in ((x_train, y_train, "train"), (x_test, y_test, "test")):
             if len(x) != len(y):
                 raise DataError(f"{name}: x_{split} has {len(x)} examples but "
@@ -100,6 +100,11 @@ class ArrayData:
         largest = int(max(y_train.max(), y_test.max()))
         if num_classes is None:
             num_classes = largest + 1
+            present = len(np.union1d(np.unique(y_train), np.unique(y_test)))
+            if num_classes > 2 * present:
+                raise DataError(f"{name}: labels reach {largest} but only {present} distinct "
+                                f"classes occur, so {num_classes} classes would be inferred; "
+                                f"labels must be 0..C-1")
         elif largest >= num_classes:
             raise DataError(f"{name}: label {largest} is out of range for "
                             f"{num_classes} classes (labels must be 0..{num_classes - 1})")
@@ -146,24 +151,67 @@ class ArrayData:
                                      num_classes=self.info.num_classes)
 
 
+#: Float inputs beyond this magnitude are refused as a units or file error.
+MAX_ABS_FLOAT_INPUT = 1e6
+
+
+def _first_bad(mask):
+    """Index (example number) of the first True entry of `mask`."""
+    return int(np.argwhere(mask)[0][0])
+
+
 def _scale(x, name, key):
+    """Inputs as float32: integer pixels 0..255 divided by 255, floats kept.
+
+    Raises:
+        DataError: naming the example of the first non-finite value or pixel
+            out of range.
+    """
     x = np.asarray(x)
     if x.ndim < 2:
         raise DataError(f"{name}: {key} must hold one example per row, got shape {x.shape}")
-    if np.issubdtype(x.dtype, np.integer) or x.dtype == bool:
+    if x.dtype == bool:
+        return x.astype(np.float32)
+    if np.issubdtype(x.dtype, np.integer):
+        bad = (x < 0) | (x > 255)
+        if bad.any():
+            i = _first_bad(bad)
+            raise DataError(f"{name}: {key}[{i}] has pixel values outside 0..255 "
+                            f"({int(x[i].min())}..{int(x[i].max())}); integer inputs are "
+                            f"8-bit pixels")
         return (x.astype(np.float32) / 255.0).astype(np.float32)
     if not np.issubdtype(x.dtype, np.floating):
         raise DataError(f"{name}: {key} has non-numeric dtype {x.dtype}")
+    finite = np.isfinite(x)
+    if not finite.all():
+        i = _first_bad(~finite)
+        raise DataError(f"{name}: {key}[{i}] holds NaN or infinite values")
+    large = np.abs(x) > MAX_ABS_FLOAT_INPUT
+    if large.any():
+        i = _first_bad(large)
+        raise DataError(f"{name}: {key}[{i}] holds values of magnitude "
+                        f"{float(np.abs(x[i]).max()):.3g} (above {MAX_ABS_FLOAT_INPUT:g}); scale "
+                        f"the inputs")
     return x.astype(np.float32)
 
 
-def _labels(y, name, key):
+def labels_as_indices(y, name="labels", key="y"):
+    """Integer class labels from integer, integral-float or one-hot labels.
+
+    Raises:
+        DataError: labels that are none of these, or negative.
+    """
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
+    if y.ndim == 2 and y.shape[1] > 1:
+        if not (np.all((y == 0) | (y == 1)) and np.all(y.sum(axis=1) == 1)):
+            raise DataError(f"{name}: 2-D {key} must be one-hot rows (one 1 per row, zeros "
+                            f"elsewhere)")
+        return np.argmax(y, axis=1).astype(np.int64)
     if y.ndim != 1:
-        raise DataError(f"{name}: {key} must be integer class labels of shape (n,), "
-                        f"got shape {y.shape}")
+        raise DataError(f"{name}: {key} must be integer class labels of shape (n,) or "
+                        f"one-hot rows, got shape {y.shape}")
     if not np.issubdtype(y.dtype, np.integer):
         if np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
             y = y.astype(np.int64)

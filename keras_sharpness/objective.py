@@ -165,26 +165,6 @@ def evaluation_model(model, bn_mode):
     return clone, activation == "softmax"
 
 
-def _labels_as_indices(y, num_samples):
-    """Integer class labels from integer, integral-float or one-hot labels."""
-    y = np.asarray(y)
-    if y.ndim == 2 and y.shape[1] > 1:
-        if len(y) != num_samples:
-            raise UserError(f"need as many labels as inputs; got {num_samples} inputs, "
-                            f"{len(y)} one-hot labels")
-        if not (np.all((y == 0) | (y == 1)) and np.all(y.sum(axis=1) == 1)):
-            raise UserError("2-D labels must be one-hot (one 1 per row, zeros elsewhere)")
-        return np.argmax(y, axis=1)
-    y = y.reshape(-1)
-    if len(y) != num_samples:
-        raise UserError(f"need as many labels as inputs and at least one sample; got "
-                        f"{num_samples} inputs, {len(y)} labels")
-    if not np.issubdtype(y.dtype, np.integer):
-        if not np.all(np.isfinite(y)) or not np.all(np.equal(np.mod(y, 1), 0)):
-            raise UserError("labels must be integer class indices (or one-hot rows)")
-    return y.astype(np.int64)
-
-
 class TrainingLoss:
     """f(w) = mean cross-entropy of a Keras model at weights w over fixed data.
 
@@ -223,10 +203,13 @@ class TrainingLoss:
                  num_samples=None, seed=0):
         from keras_sharpness.layers import check_bn_mode
 
+        from keras_sharpness.data import labels_as_indices
+
         x = np.asarray(x)
-        if len(x) == 0:
-            raise UserError("need at least one sample")
-        y = _labels_as_indices(y, len(x))
+        y = labels_as_indices(y, "TrainingLoss", "y")
+        if len(x) == 0 or len(x) != len(y):
+            raise UserError(f"need as many labels as inputs and at least one sample; got "
+                            f"{len(x)} inputs, {len(y)} labels")
         if int(batch_size) < 1:
             raise UserError(f"batch_size must be at least 1, got {batch_size}")
         if num_samples is not None:

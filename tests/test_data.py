@@ -157,3 +157,40 @@ def test_offline_tfds_fails_fast_with_advice(tmp_path, monkeypatch):
     monkeypatch.setattr(data_lib, "_DOWNLOAD_HOST", ("127.0.0.1", 9))
     one_line_error("cannot be reached.*digits",
                    lambda: load_arrays("cifar10", data_dir=str(tmp_path)))
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d.update(x_train=np.where(np.arange(40)[:, None, None] == 7, np.nan,
+                                         d["x_train"].astype(np.float32))),
+     r"x_train\[7\] holds NaN"),
+    (lambda d: d.update(x_test=np.full((10, 4, 4), 1e36, np.float32)), r"x_test\[0\] .*magnitude"),
+    (lambda d: d.update(x_train=d["x_train"].astype(np.int32) + 300), r"x_train\[0\] .*0\.\.255"),
+    (lambda d: d.update(y_train=np.where(np.arange(40) == 3, 4000, d["y_train"])),
+     "labels reach 4000 but only 4 distinct classes occur"),
+    (lambda d: d.update(y_test=np.full((10, 3), 0.5)), "one-hot"),
+])
+def test_bad_values_are_refused_at_load_naming_the_example(tmp_path, change, message):
+    from keras_sharpness.data import load_arrays
+
+    rng = np.random.default_rng(0)
+    arrays = {"x_train": rng.integers(0, 256, (40, 4, 4), dtype=np.uint8),
+              "y_train": np.arange(40) % 3, "x_test": rng.integers(0, 256, (10, 4, 4), dtype=np.uint8),
+              "y_test": np.arange(10) % 3}
+    change(arrays)
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(DataError, match=message) as info:
+        load_arrays(f"npz:{tmp_path / 'bad.npz'}")
+    assert "\n" not in str(info.value)
+
+
+def test_one_hot_labels_load_as_indices(tmp_path):
+    from keras_sharpness.data import load_arrays
+
+    rng = np.random.default_rng(0)
+    y_train, y_test = np.arange(40) % 3, np.arange(10) % 3
+    np.savez(tmp_path / "onehot.npz", x_train=rng.integers(0, 256, (40, 4, 4), dtype=np.uint8),
+             y_train=np.eye(3)[y_train], x_test=rng.integers(0, 256, (10, 4, 4), dtype=np.uint8),
+             y_test=np.eye(3)[y_test])
+    data = load_arrays(f"npz:{tmp_path / 'onehot.npz'}")
+    np.testing.assert_array_equal(data.y_train, y_train)
+    assert data.info.num_classes == 3

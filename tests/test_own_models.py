@@ -140,3 +140,25 @@ def test_models_that_cannot_be_evaluated_as_labelled_are_refused_in_one_line(
     with pytest.raises(UserError, match=message) as info:
         TrainingLoss(model, x, y, batch_size=BATCH, **kwargs)
     assert "\n" not in str(info.value)
+
+
+def test_compute_sharpness_on_a_saved_softmax_keras_bn_model_gives_keras_loss(tmp_path):
+    """The command-line path (`--model M.keras --dataset npz:D.npz`), in process."""
+    from keras_sharpness import sharpness_cli
+    from keras_sharpness.io import save_model
+
+    x, y = _data(n=60)
+    model = _moving_then_trained_statistics(softmax_bn_functional(), x, y)
+    save_model(model, tmp_path / "m.keras")
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=np.eye(4)[y], x_test=x[:10], y_test=y[:10])
+    expected = {"moving": keras_loss(model, x, y, training=False)}
+    expected["batch"] = keras_loss(model, x, y, training=True)  # after "moving": it moves stats
+    for bn_eval in ("moving", "batch"):
+        located = sharpness_cli.locate_models(model=tmp_path / "m.keras",
+                                              dataset=f"npz:{tmp_path / 'd.npz'}")
+        [record] = sharpness_cli.compute(
+            models=located["models"], data=located["data"], network=None,
+            output=tmp_path / f"{bn_eval}.json", eps=[1e-3], maxiter=2, bn_eval=bn_eval,
+            batch_size=BATCH, echo=lambda line: None)
+        assert record["bn_eval"] == bn_eval
+        assert record["f0"] == pytest.approx(expected[bn_eval], rel=1e-5)
