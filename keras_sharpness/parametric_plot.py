@@ -69,7 +69,7 @@ def run(network, *, dataset=None, data_dir=None, train_size=None, test_size=None
             it can be known then.
     """
     from keras_sharpness import data as data_lib
-    from keras_sharpness import io, parametric, plotting, training
+    from keras_sharpness import io, parametric, plotting, runs, training
     from keras_sharpness.networks import check_network
     from keras_sharpness.remedies import APPLY_TO, Remedies
 
@@ -101,59 +101,61 @@ def run(network, *, dataset=None, data_dir=None, train_size=None, test_size=None
     figures_dir = io.ensure_writable_dir(workdir if figures_dir is None else figures_dir,
                                          "--figures_dir")
 
-    training.make_deterministic(seed)
-    data = data_lib.load_arrays(dataset, data_dir=data_dir, train_size=train_size,
-                                test_size=test_size, seed=seed)
-    models = training.train_sb_lb(
-        data, network, workdir, dataset=dataset, data_dir=data_dir,
-        sb_batch_size=sb_batch_size, lb_batch_size=lb_batch_size, epochs=epochs,
-        until_converged=until_converged, patience=patience, min_delta=min_delta,
-        max_epochs=max_epochs, relative_min_delta=relative_min_delta,
-        eval_batch_size=eval_batch_size, seed=seed, strategy=strategy,
-        accumulation_steps=accumulation_steps, train_size=train_size,
-        test_size=test_size, verbose=verbose, augment=augment,
-        conservative_lambda=conservative_lambda, conservative_steps=conservative_steps,
-        adversarial_eps=adversarial_eps, adversarial_clean_weight=adversarial_clean_weight,
-        remedies_apply_to=remedies_apply_to)
+    # One owner per work directory: a second process is refused at once.
+    with runs.exclusive(workdir, what=f"--workdir {workdir}"):
+        training.make_deterministic(seed)
+        data = data_lib.load_arrays(dataset, data_dir=data_dir, train_size=train_size,
+                                    test_size=test_size, seed=seed)
+        models = training.train_sb_lb(
+            data, network, workdir, dataset=dataset, data_dir=data_dir,
+            sb_batch_size=sb_batch_size, lb_batch_size=lb_batch_size, epochs=epochs,
+            until_converged=until_converged, patience=patience, min_delta=min_delta,
+            max_epochs=max_epochs, relative_min_delta=relative_min_delta,
+            eval_batch_size=eval_batch_size, seed=seed, strategy=strategy,
+            accumulation_steps=accumulation_steps, train_size=train_size,
+            test_size=test_size, verbose=verbose, augment=augment,
+            conservative_lambda=conservative_lambda, conservative_steps=conservative_steps,
+            adversarial_eps=adversarial_eps, adversarial_clean_weight=adversarial_clean_weight,
+            remedies_apply_to=remedies_apply_to)
 
-    if verbose:
-        print(f"parametric plot: {num_points} points, alpha in [{alpha_min:g}, "
-              f"{alpha_max:g}], {curve} path, BN {bn_eval}", flush=True)
-    result = parametric.parametric_curve(
-        models["sb"], models["lb"], data, num_points=num_points, alpha_min=alpha_min,
-        alpha_max=alpha_max, curve=curve, bn_semantics=bn_eval,
-        batch_size=eval_batch_size, verbose=bool(verbose))
-    record = models["record"]
-    flags = {
-        "network": network, "dataset": record["dataset"], "data_dir": record["data_dir"],
-        "train_size": train_size, "test_size": test_size,
-        "sb_batch_size": record["sb_batch_size"], "lb_batch_size": record["lb_batch_size"],
-        "epochs": epochs, "until_converged": until_converged, "patience": patience,
-        "min_delta": min_delta, "max_epochs": max_epochs,
-        "relative_min_delta": relative_min_delta, "strategy": strategy,
-        "accumulation_steps": accumulation_steps, "num_points": num_points,
-        "alpha_min": alpha_min, "alpha_max": alpha_max, "curve": curve,
-        "bn_eval": bn_eval, "eval_batch_size": eval_batch_size,
-        "workdir": str(workdir), "figures_dir": str(figures_dir), "seed": seed,
-        "augment": bool(augment), "conservative_lambda": conservative_lambda,
-        "conservative_steps": conservative_steps, "adversarial_eps": adversarial_eps,
-        "adversarial_clean_weight": adversarial_clean_weight,
-        "remedies_apply_to": remedies_apply_to,
-    }
-    json_path = workdir / "parametric.json"
-    sb_epochs = len(training.read_history(workdir / "sb_history.json"))
-    lb_epochs = len(training.read_history(workdir / "lb_history.json"))
-    parametric.write_parametric_json(
-        result, json_path, network=network, dataset=record["dataset"], seed=seed,
-        data=data.info.to_dict(), flags=flags,
-        trained_epochs={"sb": sb_epochs, "lb": lb_epochs})
-    data_name = pathlib.Path(str(data.info.name).split(":", 1)[-1]).name or data.info.name
-    title = (f"{network} on {data_name}: SB {record['sb_batch_size']} vs "
-             f"LB {record['lb_batch_size']} (BN: {bn_eval})")
-    if remedies.any:
-        title += f"\n{remedies_apply_to.upper()} with {remedies.describe()}"
-    pdf, png = plotting.plot_parametric(result, pathlib.Path(figures_dir) / network,
-                                        title=title)
-    if verbose:
-        print(f"wrote {json_path}, {pdf}, {png}", flush=True)
-    return {"result": result, "json": json_path, "pdf": pdf, "png": png}
+        if verbose:
+            print(f"parametric plot: {num_points} points, alpha in [{alpha_min:g}, "
+                  f"{alpha_max:g}], {curve} path, BN {bn_eval}", flush=True)
+        result = parametric.parametric_curve(
+            models["sb"], models["lb"], data, num_points=num_points, alpha_min=alpha_min,
+            alpha_max=alpha_max, curve=curve, bn_semantics=bn_eval,
+            batch_size=eval_batch_size, verbose=bool(verbose))
+        record = models["record"]
+        flags = {
+            "network": network, "dataset": record["dataset"], "data_dir": record["data_dir"],
+            "train_size": train_size, "test_size": test_size,
+            "sb_batch_size": record["sb_batch_size"], "lb_batch_size": record["lb_batch_size"],
+            "epochs": epochs, "until_converged": until_converged, "patience": patience,
+            "min_delta": min_delta, "max_epochs": max_epochs,
+            "relative_min_delta": relative_min_delta, "strategy": strategy,
+            "accumulation_steps": accumulation_steps, "num_points": num_points,
+            "alpha_min": alpha_min, "alpha_max": alpha_max, "curve": curve,
+            "bn_eval": bn_eval, "eval_batch_size": eval_batch_size,
+            "workdir": str(workdir), "figures_dir": str(figures_dir), "seed": seed,
+            "augment": bool(augment), "conservative_lambda": conservative_lambda,
+            "conservative_steps": conservative_steps, "adversarial_eps": adversarial_eps,
+            "adversarial_clean_weight": adversarial_clean_weight,
+            "remedies_apply_to": remedies_apply_to,
+        }
+        json_path = workdir / "parametric.json"
+        sb_epochs = len(training.read_history(workdir / "sb_history.json"))
+        lb_epochs = len(training.read_history(workdir / "lb_history.json"))
+        parametric.write_parametric_json(
+            result, json_path, network=network, dataset=record["dataset"], seed=seed,
+            data=data.info.to_dict(), flags=flags,
+            trained_epochs={"sb": sb_epochs, "lb": lb_epochs})
+        data_name = pathlib.Path(str(data.info.name).split(":", 1)[-1]).name or data.info.name
+        title = (f"{network} on {data_name}: SB {record['sb_batch_size']} vs "
+                 f"LB {record['lb_batch_size']} (BN: {bn_eval})")
+        if remedies.any:
+            title += f"\n{remedies_apply_to.upper()} with {remedies.describe()}"
+        pdf, png = plotting.plot_parametric(result, pathlib.Path(figures_dir) / network,
+                                            title=title)
+        if verbose:
+            print(f"wrote {json_path}, {pdf}, {png}", flush=True)
+        return {"result": result, "json": json_path, "pdf": pdf, "png": png}

@@ -160,7 +160,7 @@ def compute(*, models, data, network, output, eps, subspace_dim=0, maxiter=10, s
         The list of records computed or reused by this call.
     """
     from keras_sharpness import data as data_lib
-    from keras_sharpness import hessian, io, metric
+    from keras_sharpness import hessian, io, metric, runs
     from keras_sharpness.objective import TrainingLoss
 
     starts = [s.strip() for s in str(start).split(",") if s.strip()]
@@ -182,106 +182,109 @@ def compute(*, models, data, network, output, eps, subspace_dim=0, maxiter=10, s
     if int(batch_size) != batch_size or batch_size < 1:
         raise UserError(f"batch_size must be a positive integer, got {batch_size!r}")
     io.ensure_writable_dir(pathlib.Path(output).parent, "output directory")
-    # Fail on a bad checkpoint before the (possibly slow) data load.
-    loaded = [(label, path, io.load_model(path)) for label, path in models]
-    arrays = data_lib.load_arrays(**data)
-    all_records = _read_records(output)
-    existing = [] if overwrite else all_records
-    versions = io.versions()
-    done = []
-    # One A per number of weights (SB and LB share it): generated, and its
-    # A^T A formed, once for all models and eps.
-    subspaces = {}
+    # One writer per record file: a second process is refused at once.
+    output = pathlib.Path(output)
+    with runs.exclusive(output.parent, name=f".{output.name}.lock", what=str(output)):
+        # Fail on a bad checkpoint before the (possibly slow) data load.
+        loaded = [(label, path, io.load_model(path)) for label, path in models]
+        arrays = data_lib.load_arrays(**data)
+        all_records = _read_records(output)
+        existing = [] if overwrite else all_records
+        versions = io.versions()
+        done = []
+        # One A per number of weights (SB and LB share it): generated, and its
+        # A^T A formed, once for all models and eps.
+        subspaces = {}
 
-    for label, path, model in loaded:
-        digest = _sha256(path)
-        objective = TrainingLoss(
-            model, arrays.x_train, arrays.y_train,
-            bn_mode=None if bn_eval == "model" else bn_eval,
-            batch_size=int(batch_size), num_samples=num_samples, seed=seed)
-        metric.check_settings(eps[0], subspace_dim, maxiter, starts[0], objective.num_params,
-                                 subspace_scale)
-        used_bn = objective.bn_mode or "none"
-        name = network or model.name
-        hessian_top = None
-        trace = None
-        for value in eps:
-            record_key = {"model": label, "checkpoint_sha256": digest, "eps": value,
-                          "subspace_dim": int(subspace_dim), "maxiter": int(maxiter),
-                          "seed": int(seed), "start": start, "bn_eval": used_bn,
-                          "batch_size": int(batch_size), "num_samples": num_samples,
-                          "subspace_scale": subspace_scale if subspace_dim else "identity"}
-            previous = [r for r in existing if _key(r) == _key(record_key)
-                        and (hessian_topk == 0 or len(r.get("hessian_top", [])) >= hessian_topk)
-                        and (hessian_trace_probes == 0 or r.get("hessian_trace"))]
-            if previous:
-                echo(f"{label} eps={value:g}: reusing the record in {output}")
-                done.append(previous[-1])
-                continue
-            if hessian_top is None:
-                hessian_top = []
-                if hessian_topk:
-                    echo(f"{label}: top {hessian_topk} Hessian eigenvalues (Lanczos)...")
-                    eig = hessian.top_eigenvalues(objective, int(hessian_topk), seed=seed)
-                    hessian_top = eig.eigenvalues
-                    echo(f"{label}: Hessian top {[f'{e:.4g}' for e in hessian_top]} "
-                         f"({eig.products} products, {eig.seconds:.1f}s"
-                         f"{'' if eig.converged else ', NOT converged'})")
-            if trace is None and hessian_trace_probes:
-                echo(f"{label}: Hessian trace, {hessian_trace_probes} Hutchinson probes...")
-                trace = hessian.hessian_trace(objective, int(hessian_trace_probes),
-                                              seed=seed).to_dict()
-                echo(f"{label}: tr(H) = {trace['trace']:.4g} +- "
-                     f"{trace['standard_error']:.2g} ({trace['seconds']:.1f}s)")
+        for label, path, model in loaded:
+            digest = _sha256(path)
+            objective = TrainingLoss(
+                model, arrays.x_train, arrays.y_train,
+                bn_mode=None if bn_eval == "model" else bn_eval,
+                batch_size=int(batch_size), num_samples=num_samples, seed=seed)
+            metric.check_settings(eps[0], subspace_dim, maxiter, starts[0], objective.num_params,
+                                     subspace_scale)
+            used_bn = objective.bn_mode or "none"
+            name = network or model.name
+            hessian_top = None
+            trace = None
+            for value in eps:
+                record_key = {"model": label, "checkpoint_sha256": digest, "eps": value,
+                              "subspace_dim": int(subspace_dim), "maxiter": int(maxiter),
+                              "seed": int(seed), "start": start, "bn_eval": used_bn,
+                              "batch_size": int(batch_size), "num_samples": num_samples,
+                              "subspace_scale": subspace_scale if subspace_dim else "identity"}
+                previous = [r for r in existing if _key(r) == _key(record_key)
+                            and (hessian_topk == 0 or len(r.get("hessian_top", [])) >= hessian_topk)
+                            and (hessian_trace_probes == 0 or r.get("hessian_trace"))]
+                if previous:
+                    echo(f"{label} eps={value:g}: reusing the record in {output}")
+                    done.append(previous[-1])
+                    continue
+                if hessian_top is None:
+                    hessian_top = []
+                    if hessian_topk:
+                        echo(f"{label}: top {hessian_topk} Hessian eigenvalues (Lanczos)...")
+                        eig = hessian.top_eigenvalues(objective, int(hessian_topk), seed=seed)
+                        hessian_top = eig.eigenvalues
+                        echo(f"{label}: Hessian top {[f'{e:.4g}' for e in hessian_top]} "
+                             f"({eig.products} products, {eig.seconds:.1f}s"
+                             f"{'' if eig.converged else ', NOT converged'})")
+                if trace is None and hessian_trace_probes:
+                    echo(f"{label}: Hessian trace, {hessian_trace_probes} Hutchinson probes...")
+                    trace = hessian.hessian_trace(objective, int(hessian_trace_probes),
+                                                  seed=seed).to_dict()
+                    echo(f"{label}: tr(H) = {trace['trace']:.4g} +- "
+                         f"{trace['standard_error']:.2g} ({trace['seconds']:.1f}s)")
 
-            def progress(p, label=label, value=value):
-                echo(f"{label} eps={value:g} iter {p.iteration}/{maxiter}: f={p.f:.6g} "
-                     f"fmax={p.fmax:.6g} phi={p.phi:.4g} evals={p.evaluations} "
-                     f"{p.seconds:.1f}s")
+                def progress(p, label=label, value=value):
+                    echo(f"{label} eps={value:g} iter {p.iteration}/{maxiter}: f={p.f:.6g} "
+                         f"fmax={p.fmax:.6g} phi={p.phi:.4g} evals={p.evaluations} "
+                         f"{p.seconds:.1f}s")
 
-            n = objective.num_params
-            if n not in subspaces:
-                subspaces[n] = metric.make_subspace(n, int(subspace_dim), int(seed),
-                                                       subspace_scale)
-            result, per_start = metric.sharpness_multistart(
-                objective, starts=starts, eps=value, subspace_dim=int(subspace_dim),
-                maxiter=int(maxiter), seed=int(seed), subspace=subspaces[n],
-                progress=progress)
-            record = {
-                **record_key,
-                "network": name,
-                "checkpoint": str(path),
-                "dataset": data["source"],
-                "f0": result.f0,
-                "fmax": result.fmax,
-                "sharpness": result.phi,
-                "iterations": result.iterations,
-                "evaluations": result.evaluations,
-                "seconds": result.seconds,
-                "hessian_top": list(hessian_top),
-                "hessian_trace": trace,
-                "num_params": result.num_params,
-                "num_train_samples": objective.num_samples,
-                "message": result.message,
-                **{field: getattr(result, field) for field in _SOLVER_FIELDS},
-                "best_start": result.start,
-                "per_start": [{"start": r.start, "phi": r.phi, "phi_paper": r.phi_paper,
-                               "iterations": r.iterations, "message": r.message}
-                              for r in per_start] if len(per_start) > 1 else None,
-                "versions": versions,
-            }
-            echo(f"{label} eps={value:g}: phi={result.phi:.4g} (f0={result.f0:.4g}, "
-                 f"fmax={result.fmax:.4g}, {result.iterations} iterations, "
-                 f"{result.seconds:.1f}s; {result.message})")
-            echo(f"{label} eps={value:g}: ascent (phi after iterations 1..{result.iterations}): "
-                 + ", ".join(f"{v:.3g}" for v in _ascent_summary(result.ascent)))
-            done.append(record)
-            all_records = [r for r in all_records if _key(r) != _key(record)] + [record]
-            io.write_json(output, all_records)
-    for line in format_table(done):
-        echo(line)
-    echo(f"wrote {output}")
-    return done
+                n = objective.num_params
+                if n not in subspaces:
+                    subspaces[n] = metric.make_subspace(n, int(subspace_dim), int(seed),
+                                                           subspace_scale)
+                result, per_start = metric.sharpness_multistart(
+                    objective, starts=starts, eps=value, subspace_dim=int(subspace_dim),
+                    maxiter=int(maxiter), seed=int(seed), subspace=subspaces[n],
+                    progress=progress)
+                record = {
+                    **record_key,
+                    "network": name,
+                    "checkpoint": str(path),
+                    "dataset": data["source"],
+                    "f0": result.f0,
+                    "fmax": result.fmax,
+                    "sharpness": result.phi,
+                    "iterations": result.iterations,
+                    "evaluations": result.evaluations,
+                    "seconds": result.seconds,
+                    "hessian_top": list(hessian_top),
+                    "hessian_trace": trace,
+                    "num_params": result.num_params,
+                    "num_train_samples": objective.num_samples,
+                    "message": result.message,
+                    **{field: getattr(result, field) for field in _SOLVER_FIELDS},
+                    "best_start": result.start,
+                    "per_start": [{"start": r.start, "phi": r.phi, "phi_paper": r.phi_paper,
+                                   "iterations": r.iterations, "message": r.message}
+                                  for r in per_start] if len(per_start) > 1 else None,
+                    "versions": versions,
+                }
+                echo(f"{label} eps={value:g}: phi={result.phi:.4g} (f0={result.f0:.4g}, "
+                     f"fmax={result.fmax:.4g}, {result.iterations} iterations, "
+                     f"{result.seconds:.1f}s; {result.message})")
+                echo(f"{label} eps={value:g}: ascent (phi after iterations 1..{result.iterations}): "
+                     + ", ".join(f"{v:.3g}" for v in _ascent_summary(result.ascent)))
+                done.append(record)
+                all_records = [r for r in all_records if _key(r) != _key(record)] + [record]
+                io.write_json(output, all_records)
+        for line in format_table(done):
+            echo(line)
+        echo(f"wrote {output}")
+        return done
 
 
 def format_table(records):

@@ -59,7 +59,7 @@ def common_from_flags(FLAGS, experiment):
         dict: ``network``, ``dataset``, ``data``, ``settings``,
         ``training_kwargs``, ``workdir``, ``figures_dir``, ``verbose``.
     """
-    from keras_sharpness import io
+    from keras_sharpness import io, runs
     from keras_sharpness.cli import default_verbosity
     from keras_sharpness.data import load_arrays
     from keras_sharpness.experiments.measure import MeasureSettings
@@ -83,6 +83,8 @@ def common_from_flags(FLAGS, experiment):
     workdir = io.ensure_writable_dir(FLAGS.workdir or f"runs/{experiment}_{network}",
                                      "--workdir")
     figures_dir = io.ensure_writable_dir(FLAGS.figures_dir or workdir, "--figures_dir")
+    # The command owns its work directory until it exits.
+    runs.hold(workdir, what=f"--workdir {workdir}")
     dataset = FLAGS.dataset or default_dataset(network)
     data = load_arrays(dataset, data_dir=FLAGS.data_dir, train_size=FLAGS.train_size,
                        test_size=FLAGS.test_size, seed=FLAGS.seed)
