@@ -14,8 +14,8 @@ iterations and after all of them, so the iteration axis costs nothing extra.
         --bn_evals=batch,moving --starts=zero,corner --eps=1e-3,5e-4 \
         --spaces=full,100:gaussian,100:normalized --maxiter=100
 
-Writes ``<workdir>/sensitivity.json`` (every comparison) and
-``<workdir>/sensitivity.md`` (one table row per setting: SB and LB mean ±
+Writes ``<workdir>/<report>.json`` (every comparison; ``--report``, default
+``sensitivity``) and ``<workdir>/<report>.md`` (one table row per setting: SB and LB mean ±
 std, trials with LB > SB, Wilcoxon and paired-t p-values, LB/SB with its
 bootstrap interval; at 10 iterations and at ``--maxiter``).
 """
@@ -168,18 +168,18 @@ def _ratio(c):
     return f"{c['ratio']:.3g}" + (f" [{interval[0]:.3g}, {interval[1]:.3g}]" if interval else "")
 
 
-def run(workdir, *, maxiter=100, echo=print, **grid):
-    """Measures the grid, writes ``sensitivity.json`` and ``sensitivity.md``."""
+def run(workdir, *, maxiter=100, echo=print, report_name="sensitivity", **grid):
+    """Measures the grid, writes ``<report_name>.json`` and ``.md`` in `workdir`."""
     workdir = pathlib.Path(workdir)
     measured = measure(workdir, maxiter=maxiter, echo=echo, **grid)
     rows, text = report(measured, maxiter=maxiter)
-    io.write_json(workdir / "sensitivity.json", {"grid": {k: list(v) if isinstance(v, tuple) else v
+    io.write_json(workdir / f"{report_name}.json", {"grid": {k: list(v) if isinstance(v, tuple) else v
                                                          for k, v in grid.items()},
                                                 "maxiter": maxiter, "rows": rows,
                                                 "versions": io.versions()})
-    (workdir / "sensitivity.md").write_text(text)
+    (workdir / f"{report_name}.md").write_text(text)
     echo(text)
-    echo(f"wrote {workdir / 'sensitivity.json'} and sensitivity.md")
+    echo(f"wrote {workdir / report_name}.json and .md")
     return rows, text
 
 
@@ -197,7 +197,7 @@ def main(argv):
     run(FLAGS.workdir, maxiter=FLAGS.maxiter, bn_evals=tuple(FLAGS.bn_evals),
         starts=tuple(FLAGS.starts), eps=tuple(parse_eps(FLAGS.eps)), spaces=tuple(FLAGS.spaces),
         points=tuple(FLAGS.points), seed=FLAGS.seed, batch_size=FLAGS.batch_size,
-        num_samples=FLAGS.num_samples)
+        num_samples=FLAGS.num_samples, report_name=FLAGS.report)
 
 
 def define_flags():
@@ -216,6 +216,8 @@ def define_flags():
     flags.DEFINE_integer("seed", 0, "Seed of A and the random start.")
     flags.DEFINE_integer("batch_size", 1000, "Fixed batch size of f.")
     flags.DEFINE_integer("num_samples", None, "Seeded subset of the training set for f.")
+    flags.DEFINE_string("report", "sensitivity", "Name of the report files in --workdir "
+                        "(<report>.json, <report>.md); records are shared by all reports.")
 
 
 if __name__ == "__main__":
