@@ -36,9 +36,28 @@ def quiet_tensorflow():
             os.close(saved)
 
 
+#: Environment variable: when set, a command parses and checks its flags and
+#: exits 0 without doing anything (tests/test_documented_commands.py).
+CHECK_FLAGS_ONLY = "KERAS_SHARPNESS_CHECK_FLAGS_ONLY"
+
+
 def default_verbosity():
     """Keras progress bars on a terminal, one line per epoch in a log file."""
     return 1 if sys.stdout.isatty() else 2
+
+
+def quiet_library_logs():
+    """Hides TFDS / TensorFlow Python log lines unless ``--verbosity`` asks.
+
+    The commands print their own progress; library INFO/WARNING lines (TFDS
+    looking for a data set, AutoGraph notices) would bury a one-line error.
+    absl's own ``--verbosity`` (e.g. ``--verbosity=0`` for INFO) still shows
+    them.
+    """
+    from absl import flags, logging
+
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.ERROR)
 
 
 def check_finite_flags():
@@ -79,6 +98,9 @@ def run(main):
                 raise UserError(f"unexpected arguments: {' '.join(argv[1:])} (flags are "
                                 f"written --name=value)")
             check_finite_flags()
+            if os.environ.get(CHECK_FLAGS_ONLY):
+                return 0  # flags parsed and checked: the documentation test stops here
+            quiet_library_logs()
             quiet_tensorflow()
             return main(argv)
         except UserError as e:
