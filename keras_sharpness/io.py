@@ -9,6 +9,12 @@ import tempfile
 
 from keras_sharpness.errors import CheckpointError
 
+#: Fault injection for the crash tests: with this environment variable set to
+#: N, the process kills itself (SIGKILL) inside its N-th `atomic_path` write,
+#: after tearing the temporary file to half its length.
+KILL_INSIDE_WRITE = "KERAS_SHARPNESS_KILL_INSIDE_WRITE"
+_writes = 0
+
 #: Temporary files of `atomic_path` start with this (and end in ``.tmp`` plus
 #: the target's suffixes), so leftovers of a killed process can be found.
 TEMP_PREFIX = ".tmp-"
@@ -33,6 +39,7 @@ def atomic_path(path):
     os.close(fd)
     try:
         yield pathlib.Path(tmp)
+        _maybe_die_inside_write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
@@ -42,17 +49,35 @@ def atomic_path(path):
             os.unlink(tmp)
 
 
+def _maybe_die_inside_write(tmp):
+    global _writes
+    target = os.environ.get(KILL_INSIDE_WRITE)
+    if not target:
+        return
+    _writes += 1
+    if _writes == int(target):
+        import signal
+
+        with open(tmp, "r+b") as f:
+            f.truncate(os.path.getsize(tmp) // 2)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _umask():
     mask = os.umask(0)
     os.umask(mask)
     return mask
 
 
-def remove_temporary_files(folder):
-    """Deletes leftovers of `atomic_path` in `folder` (a killed writer's)."""
+def remove_temporary_files(folder, target=None):
+    """Deletes leftovers of `atomic_path` (a killed writer's) in `folder`.
+
+    With `target` (a file name) only that file's leftovers go, so that an
+    owner of some files of a shared folder leaves the others' alone.
+    """
     folder = pathlib.Path(folder)
     if folder.is_dir():
-        for leftover in folder.glob(f"{TEMP_PREFIX}*"):
+        for leftover in folder.glob(f"{TEMP_PREFIX}{target + '.' if target else ''}*"):
             leftover.unlink(missing_ok=True)
 
 
