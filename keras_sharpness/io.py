@@ -186,6 +186,17 @@ def load_model(path):
         raise CheckpointError(f"checkpoint {path} is corrupt or unreadable ({message[:200]})") from None
 
 
+def sha256(path):
+    """The SHA-256 of a file's bytes, as hex."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def versions():
     """Library versions for provenance records in every output file."""
     import keras

@@ -12,7 +12,6 @@
 their SHA-256 beside the ones of the copies RESULTS.md used (`REFERENCE_SHA256`).
 """
 
-import hashlib
 import io as _io
 import pathlib
 import tarfile
@@ -29,14 +28,6 @@ REFERENCE_SHA256 = {
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
                    "ship", "truck")
-
-
-def sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def write_mnist_split(path, x_test, y_test, train=8000):

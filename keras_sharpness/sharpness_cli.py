@@ -7,7 +7,6 @@ and a rerun with the same settings reuses those records (``overwrite=False``)
 as long as the checkpoint file is unchanged (its SHA-256 is recorded).
 """
 
-import hashlib
 import math
 import pathlib
 import time
@@ -107,14 +106,6 @@ def locate_models(*, workdir=None, model=None, dataset=None, data_dir=None, outp
             "output": pathlib.Path(output) if output else default_output}
 
 
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _key(record):
     return tuple(record.get(k) for k in _RECORD_KEY)
 
@@ -198,7 +189,7 @@ def compute(*, models, data, network, output, eps, subspace_dim=0, maxiter=10, s
         subspaces = {}
 
         for label, path, model in loaded:
-            digest = _sha256(path)
+            digest = io.sha256(path)
             objective = TrainingLoss(
                 model, arrays.x_train, arrays.y_train,
                 bn_mode=None if bn_eval == "model" else bn_eval,

@@ -43,7 +43,7 @@ def main(argv):
                                         {"train": cifar_train, "test": cifar_test}),
     ]
     for path in written:
-        digest = shared_data.sha256(path)
+        digest = io.sha256(path)
         reference = shared_data.REFERENCE_SHA256[path.name]
         print(f"{path}  sha256 {digest}  "
               + ("(same as RESULTS.md's copy)" if digest == reference

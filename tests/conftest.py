@@ -14,7 +14,7 @@ SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "d
 
 
 @pytest.fixture
-def shared_data():
+def shared_data_dir():
     """Path of ../shared/data; skips the test where it is absent."""
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not present (real data only beside the dev checkout)")

@@ -64,3 +64,16 @@ def test_a_second_plot_run_on_one_workdir_is_refused_before_any_work(tmp_path):
     finally:
         os.kill(holder.pid, signal.SIGKILL)
         holder.wait()
+
+
+def test_written_files_are_readable_by_the_group_under_a_normal_umask(tmp_path):
+    from keras_sharpness import io
+
+    old = os.umask(0o022)
+    try:
+        io.write_json(tmp_path / "r.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o644
+    assert io.read_json(tmp_path / "r.json") == {"a": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]  # no temporary left

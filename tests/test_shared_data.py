@@ -2,8 +2,7 @@
 
 import numpy as np
 
-from keras_sharpness import shared_data
-from keras_sharpness import shared_data as shared_data_module
+from keras_sharpness import io, shared_data
 from keras_sharpness.data import load_arrays
 
 
@@ -34,6 +33,6 @@ def test_image_archive_round_trips_through_the_folder_loader(tmp_path):
         np.testing.assert_allclose(x.mean(axis=(1, 2)), expected, atol=3 / 255)
 
 
-def test_reference_checksums_match_the_shared_copies(shared_data):
-    for name, digest in shared_data_module.REFERENCE_SHA256.items():
-        assert shared_data_module.sha256(shared_data / name) == digest
+def test_reference_checksums_match_the_shared_copies(shared_data_dir):
+    for name, digest in shared_data.REFERENCE_SHA256.items():
+        assert io.sha256(shared_data_dir / name) == digest

@@ -25,7 +25,7 @@ import pathlib
 
 from keras_sharpness import io, reports
 from keras_sharpness.errors import UserError
-from keras_sharpness.statistics import format_comparison, paired_comparison
+from keras_sharpness.statistics import paired_comparison
 
 #: Which checkpoint of a run a measurement is taken at.
 POINTS = {"kept": "{name}.keras", "last": "{name}_last.keras"}
