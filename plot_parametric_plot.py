@@ -32,7 +32,8 @@ flags.DEFINE_integer("epochs", 20, "Epochs of each run (as released).")
 flags.DEFINE_bool("until_converged", False, "Train until f over the training set stops "
                   "improving (--patience, --min_delta), at most --max_epochs; the "
                   "epoch with the lowest f is kept either way.")
-flags.DEFINE_integer("patience", 5, "Epochs without improvement before stopping.")
+flags.DEFINE_integer("patience", 10, "Epochs without improvement of f before stopping "
+                     "(Adam's f is noisy from epoch to epoch at small batches).")
 flags.DEFINE_float("min_delta", 1e-4, "Smallest decrease of the training-set f that counts.")
 flags.DEFINE_float("relative_min_delta", 0.0, "Smallest decrease of f, relative to the "
                    "best f, that counts (the larger of the two applies).")

@@ -27,7 +27,7 @@ def default_dataset(network):
 
 def run(network, *, dataset=None, data_dir=None, train_size=None, test_size=None,
         sb_batch_size=256, lb_batch_size=None, epochs=20, until_converged=False,
-        patience=5, min_delta=1e-4, max_epochs=500, relative_min_delta=0.0,
+        patience=10, min_delta=1e-4, max_epochs=500, relative_min_delta=0.0,
         strategy="default",
         accumulation_steps=1, num_points=25, alpha_min=-1.0, alpha_max=2.0,
         curve="linear", bn_eval="batch", eval_batch_size=1000, workdir=None,

@@ -357,7 +357,7 @@ def initial_point(path, network, info, *, seed, bn_mode="batch"):
 
 def train_minimizer(x0, network, info, x_train, y_train, *, batch_size, out_path,
                     history_path, backup_dir, run_name="run", epochs=20,
-                    until_converged=False, patience=5, min_delta=1e-4,
+                    until_converged=False, patience=10, min_delta=1e-4,
                     max_epochs=500, seed=0, strategy="default",
                     accumulation_steps=1, bn_mode="batch", verbose=1,
                     callbacks=(), builder=None, augment=False, conservative_lambda=0.0,
@@ -609,7 +609,7 @@ def check_workdir(workdir, record):
 
 
 def train_sb_lb(data, network, workdir, *, dataset, data_dir=None, sb_batch_size=256,
-                lb_batch_size=None, epochs=20, until_converged=False, patience=5,
+                lb_batch_size=None, epochs=20, until_converged=False, patience=10,
                 min_delta=1e-4, max_epochs=500, seed=0, strategy="default",
                 accumulation_steps=1, bn_mode="batch", train_size=None,
                 test_size=None, verbose=1, callbacks=(), augment=False,
