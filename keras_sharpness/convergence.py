@@ -68,6 +68,20 @@ def converged(values, patience, min_delta, relative_min_delta=0.0):
     return not any(math.isfinite(v) and v < best_before - needed for v in values[-patience:])
 
 
+def diverged_entry(entries):
+    """The first history entry whose loss or f is not finite, or None.
+
+    A run that diverged and was killed before it finished must end the same
+    way when resumed: the decision is read from the saved history.
+    """
+    for entry in entries:
+        for key in ("loss", MONITOR_KEY):
+            value = entry.get(key)
+            if value is not None and not math.isfinite(value):
+                return entry
+    return None
+
+
 def best_epoch(entries, key=MONITOR_KEY):
     """The 1-based epoch of the lowest finite `key` in history entries (first on ties).
 

@@ -94,9 +94,8 @@ def ensure_writable_dir(path, what="output directory"):
         if path.exists() and not path.is_dir():
             raise UserError(f"{what} {path} is a file, not a directory")
         path.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path / ".write-test") as tmp:
-            tmp.write_text("")
-        (path / ".write-test").unlink()
+        with tempfile.TemporaryFile(dir=path, prefix=TEMP_PREFIX):
+            pass
     except OSError as e:
         raise UserError(f"{what} {path} cannot be written ({e.strerror or e})") from None
     return path

@@ -270,8 +270,9 @@ class SharpnessResult:
         message: the solver's message.
         ascent: phi after each iteration (length `iterations`); the paper's
             10-iteration value is ``ascent[9]`` of any run with maxiter >= 10.
-        converged: the solver stopped before ``maxiter`` for a reason of its
-            own (a stationary point of the box, or ``ftol``), not the limit.
+        converged: the solver reported convergence (a stationary point of the
+            box, or ``ftol``): SciPy's status 0. False at the iteration limit
+            and when its line search failed (see ``message``).
         phi_paper: phi after `PAPER_MAXITER` iterations (None if ``maxiter``
             was below 10; the final phi if the solver stopped earlier).
         solver_options: every L-BFGS-B option used.
@@ -511,8 +512,9 @@ def sharpness(objective, eps=1e-3, subspace_dim=0, maxiter=10, seed=0, start="ze
         projection_seconds=restricted.projection_seconds,
         solver_seconds=max(0.0, solver_total - inside_solve),
         start=start, seed=seed, maxiter=maxiter, ascent=ascent,
-        converged=bool(solution.nit < maxiter and "ITERATIONS" not in str(solution.message)
-                       and "EVALUATIONS" not in str(solution.message)),
+        # SciPy: status 0 = converged (projected gradient or ftol), 1 = a limit,
+        # 2 = stopped abnormally (line search failed, rounding errors).
+        converged=bool(solution.status == 0),
         phi_paper=_paper_value(ascent, phi_of(fmax), maxiter),
         solver_options=options, subspace_scale=subspace_scale_of(subspace),
         bn_mode=getattr(objective, "bn_mode", None),
@@ -540,8 +542,9 @@ def sharpness_multistart(objective, starts=START_POINTS, **kwargs):
         **kwargs: the other arguments of `sharpness` (one A serves all starts).
 
     Returns:
-        ``(best, results)``: the `SharpnessResult` with the largest phi, and
-        every start's result in the order given.
+        ``(best, results)``: the `SharpnessResult` with the largest phi (its
+        ``phi_paper`` the largest over the starts), and every start's result
+        in the order given.
     """
     starts = list(dict.fromkeys(starts))
     if not starts:
@@ -554,4 +557,8 @@ def sharpness_multistart(objective, starts=START_POINTS, **kwargs):
                                            int(kwargs.get("seed", 0)),
                                            kwargs.get("subspace_scale", "gaussian"))
     results = [sharpness(objective, start=start, **kwargs) for start in starts]
-    return max(results, key=lambda r: r.phi), results
+    best = max(results, key=lambda r: r.phi)
+    # The paper's 10-iteration multi-start value is the largest 10-iteration
+    # phi, which may come from another start than the largest final phi.
+    paper = [r.phi_paper for r in results if r.phi_paper is not None]
+    return dataclasses.replace(best, phi_paper=max(paper) if paper else None), results

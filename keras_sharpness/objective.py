@@ -157,11 +157,19 @@ def evaluation_model(model, bn_mode):
         return layer.__class__.from_config(config)
 
     try:
-        clone = keras.models.clone_model(model, clone_function=clone_layer)
+        # recursive: BN layers inside nested models are switched too.
+        clone = keras.models.clone_model(model, clone_function=clone_layer, recursive=True)
     except Exception as e:  # noqa: BLE001 (any failure means: cannot copy this model)
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"model {model.name} cannot be copied for evaluation "
                         f"({message[:160]})") from None
+    wanted = bn_mode or policy
+    wrong = [layer.name for layer in _batchnorm_layers(clone)
+             if getattr(layer, "eval_statistics", None) != wanted]
+    if wrong:
+        raise UserError(f"model {model.name}: BatchNorm layers {', '.join(wrong[:3])} could not "
+                        f"be switched to {wanted!r} statistics (inside a wrapper layer?); "
+                        f"build the model without wrappers around BatchNormalization")
     return clone, activation == "softmax"
 
 

@@ -51,7 +51,10 @@ def exclusive(folder, *, name=LOCK_NAME, what=None):
     try:
         yield path
     finally:
-        path.unlink(missing_ok=True)
+        # The file stays (emptied): unlinking it would let a process that
+        # opened it just before lock an orphaned inode while a third locks a
+        # new file, two owners at once.
+        handle.truncate(0)
         fcntl.flock(handle, fcntl.LOCK_UN)
         handle.close()
 

@@ -7,6 +7,11 @@ test (two-sided, `scipy.stats`), and a bootstrap confidence interval of the
 ratio of means LB / SB (trials resampled as pairs, `scipy.stats.bootstrap`,
 percentile method: with five trials the BCa correction is itself too noisy to
 estimate).
+
+With few trials these say little and are reported as they are: with 5 pairs
+the smallest two-sided exact Wilcoxon p-value is 2/32 = 0.0625, and a
+percentile bootstrap over 5 pairs has only 126 distinct resamples, so its
+interval is approximate (too narrow, if anything).
 """
 
 import math
@@ -105,6 +110,7 @@ def format_comparison(comparison, digits=3):
         text = f"LB/SB = {ratio:.{digits}g}"
         if interval is not None:
             level = int(round(100 * comparison["confidence"]))
-            text += f" [{interval[0]:.{digits}g}, {interval[1]:.{digits}g}] ({level} % CI)"
+            text += (f" [{interval[0]:.{digits}g}, {interval[1]:.{digits}g}] ({level} % "
+                     f"bootstrap interval)")
         parts.append(text)
     return "; ".join(parts)

@@ -441,6 +441,12 @@ def train_minimizer(x0, network, info, x_train, y_train, *, batch_size, out_path
         raise UserError(f"{run_name} batch size {batch_size} is not divisible by the "
                         f"{strategy.num_replicas_in_sync} replicas of --strategy")
     cap = int(max_epochs) if until_converged else int(epochs)
+    if cap < 1 or int(patience) < 1:
+        raise UserError(f"epochs, max_epochs and patience must be at least 1 (got epoch cap "
+                        f"{cap}, patience {patience})")
+    for name, value in (("min_delta", min_delta), ("relative_min_delta", relative_min_delta)):
+        if not (np.isfinite(float(value)) and float(value) >= 0):
+            raise UserError(f"{name} must be a finite number >= 0, got {value}")
     remedies = remedies_lib.Remedies(
         augment=bool(augment), conservative_lambda=float(conservative_lambda),
         conservative_steps=int(conservative_steps), adversarial_eps=float(adversarial_eps),
@@ -485,8 +491,10 @@ def train_minimizer(x0, network, info, x_train, y_train, *, batch_size, out_path
     backup_dir = pathlib.Path(backup_dir)
     best_path = backup_dir / "best.npz"
     done = [e.get(convergence.MONITOR_KEY) for e in history.epochs]
-    if until_converged and convergence.converged(done, patience, min_delta, relative_min_delta):
-        cap = len(done)  # converged before a kill: restore the backup, train no more
+    diverged_before = convergence.diverged_entry(history.epochs)
+    if diverged_before is not None or (until_converged and convergence.converged(
+            done, patience, min_delta, relative_min_delta)):
+        cap = len(done)  # ended before a kill: restore the backup, train no more
     # f over the training set, evaluated like every measurement evaluates it.
     objective = TrainingLoss(builder(False), x_train, y_train, bn_mode=bn_mode,
                              batch_size=int(eval_batch_size))
@@ -494,6 +502,9 @@ def train_minimizer(x0, network, info, x_train, y_train, *, batch_size, out_path
         objective, plain, best_path, history, until_converged=until_converged,
         patience=int(patience), min_delta=float(min_delta),
         relative_min_delta=float(relative_min_delta))
+    if diverged_before is not None:
+        monitor.diverged = (int(diverged_before["epoch"]), None,
+                            float(diverged_before.get("loss", float("nan"))))
     # Order matters: the monitor adds f to the logs and saves the best
     # weights, then the history is written, then the backup marks the epoch
     # finished. A kill between them repeats that epoch identically.
@@ -542,11 +553,13 @@ def train_minimizer(x0, network, info, x_train, y_train, *, batch_size, out_path
     if monitor.diverged is not None:
         final["diverged_at"] = dict(zip(("epoch", "step", "loss"), monitor.diverged))
     if chief:
+        # The model file comes last: its presence means "finished" to every
+        # later run, so the history must be final before it exists.
         if kept_epoch != len(history.epochs) and stopped_because != "diverged":
             io.save_model(last, last_path)
             final["last_checkpoint"] = last_path.name
-        io.save_model(trained, out_path)
         io.write_json(history_path, {**header, **final, "epochs": history.epochs})
+        io.save_model(trained, out_path)
     if verbose:
         print(f"{run_name}: stopped ({stopped_because}) after {len(history.epochs)} epochs; "
               f"kept epoch {kept_epoch}: training f={kept['f']:.4g}, accuracy "

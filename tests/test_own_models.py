@@ -162,3 +162,18 @@ def test_compute_sharpness_on_a_saved_softmax_keras_bn_model_gives_keras_loss(tm
             batch_size=BATCH, echo=lambda line: None)
         assert record["bn_eval"] == bn_eval
         assert record["f0"] == pytest.approx(expected[bn_eval], rel=1e-5)
+
+
+def test_batchnorm_inside_a_nested_model_is_switched_too():
+    x, y = _data()
+    keras.utils.set_random_seed(4)
+    inner = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8),
+                              keras.layers.BatchNormalization()])
+    model = keras.Sequential([keras.Input((6,)), inner, keras.layers.Dense(4)])
+    _moving_then_trained_statistics(model, x, y)
+    batch = TrainingLoss(model, x, y, bn_mode="batch", batch_size=BATCH)
+    moving = TrainingLoss(model, x, y, bn_mode="moving", batch_size=BATCH)
+    assert moving.value(moving.initial_point()) == pytest.approx(
+        keras_loss(model, x, y, training=False, from_logits=True), rel=1e-5)
+    assert batch.value(batch.initial_point()) == pytest.approx(
+        keras_loss(model, x, y, training=True, from_logits=True), rel=1e-5)

@@ -37,10 +37,10 @@ def test_a_second_owner_is_refused_naming_the_holder_and_a_killed_holder_is_take
     finally:
         os.kill(holder.pid, signal.SIGKILL)
         holder.wait()
-    assert (tmp_path / runs.LOCK_NAME).exists()  # a stale lock file stays behind ...
-    with runs.exclusive(tmp_path) as path:  # ... and is taken over
+    assert (tmp_path / runs.LOCK_NAME).read_text() == str(holder.pid)  # a stale lock ...
+    with runs.exclusive(tmp_path) as path:  # ... is taken over
         assert path.read_text() == str(os.getpid())
-    assert not (tmp_path / runs.LOCK_NAME).exists()  # released and removed
+    assert (tmp_path / runs.LOCK_NAME).read_text() == ""  # released (the file stays)
 
 
 def test_locks_of_different_record_files_are_independent(tmp_path):

@@ -72,4 +72,4 @@ def test_undefined_cases_give_none_not_errors():
     assert out["wilcoxon"] is None and out["ratio"] == 1.0
     line = format_comparison(paired_comparison([1, 2, 3], [4, 8, 9]))
     assert line.startswith("LB > SB in 3/3") and "Wilcoxon p = 0.25" in line
-    assert "paired t p =" in line and "CI" in line
+    assert "paired t p =" in line and "bootstrap interval" in line

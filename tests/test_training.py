@@ -411,3 +411,14 @@ def test_a_kill_inside_any_file_write_resumes_to_the_uninterrupted_result(
     assert history["kept_epoch"] == reference["kept_epoch"]
     assert len(seen) <= 3 - (write - 1) // 4 + 1  # finished epochs are not redone
     assert not list(killed.rglob(f"{TEMP_PREFIX}*")) and not (killed / "backup").exists()
+
+
+def test_a_diverged_run_is_recognized_from_its_saved_history():
+    from keras_sharpness.convergence import diverged_entry
+
+    entries = [{"epoch": 1, "loss": 0.5, "train_f": 0.4},
+               {"epoch": 2, "loss": 0.3, "train_f": float("inf")},
+               {"epoch": 3, "loss": float("nan"), "train_f": float("nan")}]
+    assert diverged_entry(entries)["epoch"] == 2
+    assert diverged_entry(entries[:1]) is None
+    assert diverged_entry([{"epoch": 1, "loss": float("nan")}])["epoch"] == 1

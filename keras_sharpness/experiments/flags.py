@@ -67,7 +67,7 @@ def common_from_flags(FLAGS, experiment):
     from keras_sharpness.networks import check_network
     from keras_sharpness.parametric_plot import default_dataset
     from keras_sharpness.metric import check_settings
-    from keras_sharpness.training import canonical_source
+    from keras_sharpness.training import canonical_source, make_deterministic
 
     if not FLAGS.network:
         raise UserError("--network (-n) is required: F1, F2, C1, C2, C3 or C4")
@@ -86,6 +86,7 @@ def common_from_flags(FLAGS, experiment):
     figures_dir = io.ensure_writable_dir(FLAGS.figures_dir or workdir, "--figures_dir")
     # The command owns its work directory until it exits.
     runs.hold(workdir, what=f"--workdir {workdir}")
+    make_deterministic(FLAGS.seed)
     dataset = FLAGS.dataset or default_dataset(network)
     data = load_arrays(dataset, data_dir=FLAGS.data_dir, train_size=FLAGS.train_size,
                        test_size=FLAGS.test_size, seed=FLAGS.seed)

@@ -22,6 +22,7 @@ bootstrap interval; at 10 iterations and at ``--maxiter``).
 
 import itertools
 import pathlib
+import re
 
 from keras_sharpness import io, reports
 from keras_sharpness.errors import UserError
@@ -51,12 +52,14 @@ def parse_space(text):
 
 
 def trial_dirs(workdir):
-    """Trial directories under `workdir` holding finished SB and LB minimizers."""
+    """``{trial number: directory}`` of the trials under `workdir` with finished
+    SB and LB minimizers (``trial<t>``, as `trials` names them)."""
     workdir = pathlib.Path(workdir)
     if not workdir.is_dir():
         raise UserError(f"workdir {workdir} does not exist")
-    found = sorted((d for d in workdir.glob("trial*") if (d / "sb.keras").is_file()
-                    and (d / "lb.keras").is_file()), key=lambda d: int(d.name[5:] or 0))
+    found = {int(m.group(1)): d for d in workdir.iterdir()
+             if (m := re.fullmatch(r"trial(\d+)", d.name)) and (d / "sb.keras").is_file()
+             and (d / "lb.keras").is_file()}
     if not found:
         raise UserError(f"workdir {workdir} holds no finished trial (trial*/sb.keras and "
                         f"lb.keras); run keras_sharpness.experiments.trials first")
@@ -79,7 +82,7 @@ def measure(workdir, *, bn_evals=("batch",), starts=("zero",), eps=(1e-3,),
             raise UserError(f"unknown point {point!r}; choose from {', '.join(POINTS)}")
     trials = trial_dirs(workdir)
     out = []
-    for t, trial in enumerate(trials):
+    for t, trial in sorted(trials.items()):
         located = sharpness_cli.locate_models(workdir=trial)
         models, same_as_kept = [], []
         for point in points:
