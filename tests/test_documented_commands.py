@@ -54,8 +54,9 @@ def test_readme_offline_demo_runs_at_tiny_size(tmp_path):
     demo = [words for page, words in COMMANDS if page == "README.md"
             and "--dataset=digits" in words or "--workdir=runs/demo" in words]
     assert len(demo) == 2, demo
-    tiny = {"plot_parametric_plot.py": ["--max_epochs=2", "--num_points=3"],
-            "compute_sharpness.py": ["--maxiter=2"]}
+    tiny = {"plot_parametric_plot.py": ["--max_epochs=2", "--num_points=3",
+                                        "--train_size=400", "--test_size=100"],
+            "compute_sharpness.py": ["--maxiter=2", "--num_samples=200", "--start=zero"]}
     for words in demo:
         words = [w.replace("runs/demo", str(tmp_path / "demo")) for w in words]
         done = subprocess.run([sys.executable, *words, *tiny[words[0]]], capture_output=True,

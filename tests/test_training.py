@@ -369,8 +369,10 @@ KILL_SCRIPT = textwrap.dedent("""
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
     sys.path.insert(0, {tests!r})
     import pathlib
+    import tensorflow as tf
     import test_training as t
 
+    tf.config.experimental.enable_op_determinism()
     data = t._data()
     t._train(pathlib.Path({tmp!r}), data, t._small_net(data.info), epochs=3)
 """)
@@ -378,6 +380,11 @@ KILL_SCRIPT = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
+    import tensorflow as tf
+
+    # Bitwise comparisons need op determinism on both sides of the kill (other
+    # tests may or may not have switched it on in this process already).
+    tf.config.experimental.enable_op_determinism()
     data = _data()
     folder = tmp_path_factory.mktemp("straight")
     return _train(folder, data, _small_net(data.info), epochs=3), folder
