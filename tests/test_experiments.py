@@ -184,7 +184,7 @@ def test_sensitivity_report_on_saved_trials_without_retraining(tiny, tmp_path, m
     rows, text = sensitivity.run(tmp_path, maxiter=12, echo=lambda line: None, **grid)
     assert len(rows) == 2 * 2 * 2  # BN x space x point
     stored = json.loads((tmp_path / "sensitivity.json").read_text())
-    assert len(stored["rows"]) == 8 and text.count("\n") == 2 + 2 * 8
+    assert len(stored["rows"]) == 8 and text.count("\n") == 2 + 2 * 8  # 10 and 12 iterations
     for row in rows:
         assert row["trials"] == [0, 1]
         for label in ("at_10", "at_maxiter"):

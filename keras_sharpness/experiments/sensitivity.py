@@ -144,8 +144,9 @@ def report(measured, *, maxiter):
     header = ["point", "BN", "space", "start", "eps", "iterations", "SB phi", "LB phi",
               "LB > SB", "Wilcoxon p", "paired t p", "LB/SB [95 % CI]"]
     table = []
+    counts = (("at_10", "10"),) + ((("at_maxiter", str(maxiter)),) if maxiter > 10 else ())
     for row in rows:
-        for label, iterations in (("at_10", "10"), ("at_maxiter", str(maxiter))):
+        for label, iterations in counts:
             c = row[label]
             space = "full" if row["subspace_dim"] == 0 else f"{row['subspace_dim']} {row['subspace_scale']}"
             table.append([row["point"], row["bn_eval"], space, row["start"], f"{row['eps']:g}",
