@@ -42,7 +42,7 @@ def atomic_path(path):
         _maybe_die_inside_write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual mode
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -63,10 +63,14 @@ def _maybe_die_inside_write(tmp):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _umask():
+def _read_umask():
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+#: The process umask, read once (reading it means setting it briefly).
+_UMASK = _read_umask()
 
 
 def remove_temporary_files(folder, target=None):
