@@ -29,10 +29,13 @@ def atomic_path(path):
     `os.replace`, so a kill at any instant leaves either the old file or the
     new one, never a torn one. The temporary file keeps the target's
     suffixes (Keras insists on ``.keras`` / ``.weights.h5``). On an error it
-    is removed and the old file is untouched.
+    is removed and the old file is untouched. Torn temporaries of the same
+    target, left by a killed writer, are removed first (one writer per
+    target: run directories and record files are locked, `keras_sharpness.runs`).
     """
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_temporary_files(path.parent, path.name)
     suffix = "".join(path.suffixes)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TEMP_PREFIX}{path.name}.",
                                suffix=f".tmp{suffix}")
@@ -105,11 +108,15 @@ def ensure_writable_dir(path, what="output directory"):
     return path
 
 
-def write_json(path, data):
-    """Writes `data` as JSON to `path` atomically (never a half-written file)."""
-    text = json.dumps(data, indent=2, sort_keys=False, default=_jsonable) + "\n"
+def write_text(path, text):
+    """Writes `text` to `path` atomically (never a half-written file)."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def write_json(path, data):
+    """Writes `data` as JSON to `path` atomically (never a half-written file)."""
+    write_text(path, json.dumps(data, indent=2, sort_keys=False, default=_jsonable) + "\n")
 
 
 def write_arrays(path, arrays, **scalars):

@@ -2,6 +2,8 @@
 
 import pathlib
 
+from keras_sharpness import io
+
 
 def pyplot():
     """`matplotlib.pyplot` on the Agg backend."""
@@ -23,8 +25,10 @@ def save_figure(fig, out_stem):
     out_stem.parent.mkdir(parents=True, exist_ok=True)
     pdf, png = out_stem.with_suffix(".pdf"), out_stem.with_suffix(".png")
     fig.tight_layout()
-    fig.savefig(pdf)
-    fig.savefig(png, dpi=150)
+    with io.atomic_path(pdf) as tmp:
+        fig.savefig(tmp, format="pdf")
+    with io.atomic_path(png) as tmp:
+        fig.savefig(tmp, format="png", dpi=150)
     pyplot().close(fig)
     return pdf, png
 

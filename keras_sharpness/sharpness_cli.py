@@ -176,7 +176,6 @@ def compute(*, models, data, network, output, eps, subspace_dim=0, maxiter=10, s
     # One writer per record file: a second process is refused at once.
     output = pathlib.Path(output)
     with runs.exclusive(output.parent, name=f".{output.name}.lock", what=str(output)):
-        io.remove_temporary_files(output.parent, output.name)  # torn by a kill
         # Fail on a bad checkpoint before the (possibly slow) data load.
         loaded = [(label, path, io.load_model(path)) for label, path in models]
         arrays = data_lib.load_arrays(**data)

@@ -485,8 +485,6 @@ def train_minimizer(x0, network, info, x_train, y_train, *, batch_size, out_path
               "train_f": {"bn_mode": bn_mode, "eval_batch_size": int(eval_batch_size),
                           "num_samples": len(x_train)}}
     last_path = pathlib.Path(out_path).with_name(pathlib.Path(out_path).stem + "_last.keras")
-    for path in (pathlib.Path(history_path), pathlib.Path(out_path), last_path):
-        io.remove_temporary_files(path.parent, path.name)  # torn by a kill
     history = HistoryWriter(history_path, header, write=chief)
     backup_dir = pathlib.Path(backup_dir)
     best_path = backup_dir / "best.npz"

@@ -181,7 +181,7 @@ def run(workdir, *, maxiter=100, echo=print, report_name="sensitivity", **grid):
                                                          for k, v in grid.items()},
                                                 "maxiter": maxiter, "rows": rows,
                                                 "versions": io.versions()})
-    (workdir / f"{report_name}.md").write_text(text)
+    io.write_text(workdir / f"{report_name}.md", text)
     echo(text)
     echo(f"wrote {workdir / report_name}.json and .md")
     return rows, text

@@ -248,7 +248,7 @@ def run(data, network, workdir, *, dataset, trials=5, settings=None, training_kw
                        "training": training_kwargs, "per_trial": results,
                        "seconds": time.time() - started, "versions": io.versions()})
     io.write_json(workdir / "tables.json", table_data)
-    (workdir / "tables.md").write_text(text)
+    io.write_text(workdir / "tables.md", text)
     return table_data, text
 
 
