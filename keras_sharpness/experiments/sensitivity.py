@@ -158,7 +158,10 @@ def report(measured, *, maxiter):
 
 
 def _cell(side):
-    return reports.format_mean_std(side["mean"], side["std"], digits=3)
+    """mean ± std in significant digits: phi spans 1e-5 to 1e3 across settings."""
+    if side["mean"] is None:
+        return "–"
+    return f"{side['mean']:.3g} ± {side['std']:.2g}"
 
 
 def _p(test):
