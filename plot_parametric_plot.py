@@ -28,16 +28,8 @@ flags.DEFINE_float("sb_batch_size", 256, "Small batch: samples, or a fraction < 
 flags.DEFINE_float("lb_batch_size", None, "Large batch: samples, or a fraction < 1 "
                    "of the training set (the paper: 0.1). Default: the released 5000, or "
                    "10 % of a training set smaller than 10000.")
-flags.DEFINE_integer("epochs", 20, "Epochs of each run (as released).")
-flags.DEFINE_bool("until_converged", False, "Train until f over the training set stops "
-                  "improving (--patience, --min_delta), at most --max_epochs; the "
-                  "epoch with the lowest f is kept either way.")
-flags.DEFINE_integer("patience", 10, "Epochs without improvement of f before stopping "
-                     "(Adam's f is noisy from epoch to epoch at small batches).")
-flags.DEFINE_float("min_delta", 1e-4, "Smallest decrease of the training-set f that counts.")
-flags.DEFINE_float("relative_min_delta", 0.0, "Smallest decrease of f, relative to the "
-                   "best f, that counts (the larger of the two applies).")
-flags.DEFINE_integer("max_epochs", 500, "Epoch cap with --until_converged.")
+cli.define_stop_rule_flags()
+flags.adopt_module_key_flags(cli)  # --help lists them with this script's flags
 flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multiworker"],
                   "default: one device; mirrored: all local devices, synchronized "
                   "BN; multiworker: machines listed in TF_CONFIG.")

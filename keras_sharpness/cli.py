@@ -41,6 +41,23 @@ def quiet_tensorflow():
 CHECK_FLAGS_ONLY = "KERAS_SHARPNESS_CHECK_FLAGS_ONLY"
 
 
+def define_stop_rule_flags():
+    """The training length flags every training command shares (one definition)."""
+    from absl import flags
+
+    flags.DEFINE_integer("epochs", 20, "Epochs of each run without --until_converged "
+                         "(20, as released).")
+    flags.DEFINE_bool("until_converged", False, "Train until f over the training set stops "
+                      "improving (--patience, --min_delta, --relative_min_delta), at most "
+                      "--max_epochs; the epoch with the lowest f is kept either way.")
+    flags.DEFINE_integer("patience", 10, "Epochs without improvement of f before stopping "
+                         "(Adam's f is noisy from epoch to epoch at small batches).")
+    flags.DEFINE_float("min_delta", 1e-4, "Smallest decrease of the training-set f that counts.")
+    flags.DEFINE_float("relative_min_delta", 0.0, "Smallest decrease of f, relative to the "
+                       "best f, that counts (the larger of the two applies).")
+    flags.DEFINE_integer("max_epochs", 500, "Epoch cap with --until_converged.")
+
+
 def default_verbosity():
     """Keras progress bars on a terminal, one line per epoch in a log file."""
     return 1 if sys.stdout.isatty() else 2

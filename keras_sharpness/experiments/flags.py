@@ -8,6 +8,8 @@ def define_common_flags():
     """Defines the flags every experiment command takes."""
     from absl import flags
 
+    from keras_sharpness.cli import define_stop_rule_flags
+
     flags.DEFINE_string("network", None, "F1, F2, C1, C2, C3 or C4.", short_name="n")
     flags.DEFINE_string("dataset", None, "Data source (mnist, cifar10, cifar100, npz:PATH, "
                         "folder:PATH, digits); default: the network's paper data set.")
@@ -31,15 +33,7 @@ def define_common_flags():
                          "Measure sharpness on a seeded subset of the training set.")
     flags.DEFINE_string("sb_batch_size", "256", "SB batch (count, or fraction < 1).")
     flags.DEFINE_string("lb_batch_size", "0.1", "LB batch (count, or fraction < 1; paper 10%).")
-    flags.DEFINE_integer("epochs", 20, "Epochs when not --until_converged.")
-    flags.DEFINE_bool("until_converged", False, "Train until f over the training set stops "
-                      "improving; the epoch with the lowest f is kept either way.")
-    flags.DEFINE_integer("patience", 10, "Epochs without improvement of f before stopping "
-                     "(Adam's f is noisy from epoch to epoch at small batches).")
-    flags.DEFINE_float("min_delta", 1e-4, "Decrease of the training-set f that counts.")
-    flags.DEFINE_float("relative_min_delta", 0.0, "Decrease of f relative to the best f "
-                       "that counts (the larger of the two applies).")
-    flags.DEFINE_integer("max_epochs", 500, "Epoch cap with --until_converged.")
+    define_stop_rule_flags()
     flags.DEFINE_integer("verbose", None, "0 quiet, 1 progress bars, 2 one line per epoch "
                          "(default: 1 on a terminal, 2 when output goes to a file).")
 
