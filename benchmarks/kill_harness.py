@@ -154,7 +154,10 @@ def main(argv):
         reference_epochs = epochs_run(clean.stdout)
         kills = [("write", n) for n in range(1, FLAGS.max_writes + 1)]
         kills += [("time", duration * (i + 1) / (FLAGS.timed + 1)) for i in range(FLAGS.timed)]
+        writes_done = False
         for kind, where in kills:
+            if kind == "write" and writes_done:
+                continue
             folder = root / f"{name}-{kind}-{where:.0f}"
             shutil.rmtree(folder, ignore_errors=True)
             if name == "sharpness":
@@ -162,7 +165,8 @@ def main(argv):
             if kind == "write":
                 first = run(command(name, folder), {"KERAS_SHARPNESS_KILL_INSIDE_WRITE": str(where)})
                 if first.returncode == 0:
-                    break  # fewer writes than `where`: every write has been tried
+                    writes_done = True  # fewer writes than `where`: all have been tried
+                    continue
             else:
                 process = subprocess.Popen(command(name, folder), stdout=subprocess.PIPE,
                                            stderr=subprocess.PIPE, text=True, cwd=REPO)

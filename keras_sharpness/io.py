@@ -193,6 +193,12 @@ def load_model(path):
         return keras.models.load_model(path, compile=False)
     except Exception as e:  # zip, h5, config errors all mean "unusable file"
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "locate class" in message or "custom" in message.lower():
+            raise CheckpointError(
+                f"checkpoint {path} holds a custom class Keras cannot rebuild here "
+                f"({message[:120]}); register it with keras.saving."
+                f"register_keras_serializable, or measure the model from Python "
+                f"(docs/own_model.md)") from None
         raise CheckpointError(f"checkpoint {path} is corrupt or unreadable ({message[:200]})") from None
 
 
