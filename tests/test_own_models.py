@@ -190,7 +190,7 @@ def test_a_saved_subclassed_model_of_an_unregistered_class_is_refused_in_one_lin
     np.savez(tmp_path / "d.npz", x_train=x, y_train=y, x_test=x[:10], y_test=y[:10])
     located = sharpness_cli.locate_models(model=tmp_path / "sub.keras",
                                           dataset=f"npz:{tmp_path / 'd.npz'}")
-    with pytest.raises(CheckpointError, match="custom class .* docs/own_model.md") as info:
+    with pytest.raises(CheckpointError, match="custom class .*docs/own_model.md") as info:
         sharpness_cli.compute(models=located["models"], data=located["data"], network=None,
                               output=tmp_path / "o.json", eps=[1e-3], echo=lambda line: None)
     assert "\n" not in str(info.value)
