@@ -533,8 +533,6 @@ def train_minimizer(x0, network, info, x_train, y_train, *, batch_size, out_path
         stopped_because = "converged"
     else:
         stopped_because = "max_epochs"
-    last = builder(False)
-    last.set_weights([np.asarray(w) for w in plain.get_weights()])
     best_weights, stored = io.read_arrays(best_path)
     if int(stored["epoch"]) != kept_epoch:
         raise CheckpointError(f"{best_path} holds epoch {stored['epoch']}, not the best "
@@ -554,6 +552,8 @@ def train_minimizer(x0, network, info, x_train, y_train, *, batch_size, out_path
         # The model file comes last: its presence means "finished" to every
         # later run, so the history must be final before it exists.
         if kept_epoch != len(history.epochs) and stopped_because != "diverged":
+            last = builder(False)  # only needed where it differs from the kept point
+            last.set_weights([np.asarray(w) for w in plain.get_weights()])
             io.save_model(last, last_path)
             final["last_checkpoint"] = last_path.name
         io.write_json(history_path, {**header, **final, "epochs": history.epochs})
