@@ -43,7 +43,6 @@ flags.DEFINE_enum("curve", "linear", ["linear", "sin"], "linear: alpha x_LB + (1
 flags.DEFINE_enum("bn_eval", "batch", ["batch", "recompute", "moving"],
                   "BatchNorm along the path: batch statistics (original), statistics "
                   "recomputed at each point, or interpolated moving statistics.")
-flags.DEFINE_alias("plot_bn", "bn_eval")
 flags.DEFINE_integer("eval_batch_size", 1000, "Evaluation batch size (defines f with BN batch statistics).")
 flags.DEFINE_string("workdir", None, "Checkpoints and JSON; default runs/<network>.")
 flags.DEFINE_string("figures_dir", None, "Where <network>.pdf and .png go (default: "

@@ -49,7 +49,7 @@ def main(argv):
     model = build_network(FLAGS.network, data.info.input_shape, data.info.num_classes)
     model.compile(optimizer=keras.optimizers.Adam(),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    objective = TrainingLoss(model, data.x_train, data.y_train, bn_mode="batch",
+    objective = TrainingLoss(model, data.x_train, data.y_train, bn_eval="batch",
                              batch_size=FLAGS.eval_batch_size)
     monitor = TrainingSetMonitor(objective, model, "/dev/null", history=None,
                                  until_converged=False, patience=1, min_delta=0.0)

@@ -72,8 +72,8 @@ def main(argv):
 
     data = load_arrays(f"npz:{FLAGS.data}")
     keras.utils.set_random_seed(0)
-    model = build_network("F1", data.info.input_shape, data.info.num_classes, bn_mode="batch")
-    objective = TrainingLoss(model, data.x_train, data.y_train, bn_mode="batch",
+    model = build_network("F1", data.info.input_shape, data.info.num_classes, bn_eval="batch")
+    objective = TrainingLoss(model, data.x_train, data.y_train, bn_eval="batch",
                              batch_size=FLAGS.batch_size, num_samples=FLAGS.num_samples)
     w = objective.initial_point()
     v = np.random.default_rng(0).standard_normal(objective.num_params)

@@ -10,7 +10,7 @@ The calls a researcher needs, on any Keras 3 model (docs/own_model.md)::
 
     import keras_sharpness as ks
 
-    f = ks.TrainingLoss(model, x_train, y_train, bn_mode="batch")  # f(w), grad, Hv
+    f = ks.TrainingLoss(model, x_train, y_train, bn_eval="batch")  # f(w), grad, Hv
     result = ks.sharpness(f, eps=1e-3, maxiter=10)                 # Metric 2.1
     result.phi, result.ascent                                      # ... and its ascent
     ks.top_eigenvalues(f, k=3).eigenvalues                         # Hessian spectrum

@@ -8,7 +8,7 @@ in training mode (BatchNorm on each training batch, dropout on); it is not f
 at any point. So at the end of every epoch `TrainingSetMonitor` evaluates
 f(x_epoch) and the accuracy on the whole training set exactly as the
 measurements do (one `keras_sharpness.objective.TrainingLoss`: the run's BN
-policy, fixed evaluation batches, dropout off) and logs them as ``train_f``
+choice (bn_eval), fixed evaluation batches, dropout off) and logs them as ``train_f``
 and ``train_f_accuracy`` beside Keras' ``loss``.
 
 * **Stop rule** (`converged`): the run has converged when none of the last

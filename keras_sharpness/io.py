@@ -150,12 +150,18 @@ def read_arrays(path):
 
 
 def read_json(path):
-    """Reads JSON from `path`; `CheckpointError` if missing or corrupt."""
+    """Reads JSON from `path`, legacy keys upgraded (`keras_sharpness.migrate`).
+
+    Raises:
+        CheckpointError: the file is missing or corrupt.
+    """
+    from keras_sharpness.migrate import upgrade
+
     path = pathlib.Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path} does not exist")
     try:
-        return json.loads(path.read_text())
+        return upgrade(json.loads(path.read_text()))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path} is not valid JSON ({e})") from None
 

@@ -4,7 +4,7 @@ Keras 1's ``BatchNormalization(mode=2)``, used by the original code of Keskar
 et al., normalized every batch with *that batch's* mean and variance, in
 training and at evaluation alike. Modern Keras normalizes with moving
 statistics at evaluation. `SwitchableBatchNormalization` offers both through
-one attribute, ``eval_statistics``:
+one attribute, ``bn_eval``:
 
 * ``"batch"``: at evaluation (``training=False``) the layer normalizes with the
   current batch's statistics, as ``mode=2`` did. The moving statistics are
@@ -24,12 +24,16 @@ backend) the batch statistics are all-reduced across the replicas of a
 `tf.distribute` strategy, in training and, in ``"batch"`` mode, at evaluation.
 """
 
+import contextlib
+
 import keras
 
+#: The values of ``bn_eval`` a BatchNorm layer takes. Commands add their own:
+#: ``"model"`` (each layer keeps its own) and, along a path, ``"recompute"``.
 BN_MODES = ("batch", "moving")
 
 
-def check_bn_mode(mode):
+def check_bn_eval(mode):
     """Returns `mode` if it is a known BN evaluation mode, else raises."""
     from keras_sharpness.errors import UserError
 
@@ -53,16 +57,16 @@ class SwitchableBatchNormalization(keras.layers.BatchNormalization):
     """`keras.layers.BatchNormalization` with a choice of evaluation statistics.
 
     Args:
-        eval_statistics: ``"batch"`` (Keras 1 ``mode=2``) or ``"moving"``.
+        bn_eval: ``"batch"`` (Keras 1 ``mode=2``) or ``"moving"``.
         **kwargs: passed to `keras.layers.BatchNormalization`.
     """
 
-    def __init__(self, eval_statistics="batch", **kwargs):
+    def __init__(self, bn_eval="batch", **kwargs):
         super().__init__(**kwargs)
-        self.eval_statistics = check_bn_mode(eval_statistics)
+        self.bn_eval = check_bn_eval(bn_eval)
 
     def call(self, inputs, training=None, mask=None):
-        if training or self.eval_statistics == "moving":
+        if training or self.bn_eval == "moving":
             return super().call(inputs, training=training, mask=mask)
         compute_dtype = keras.backend.result_type(inputs.dtype, "float32")
         inputs = keras.ops.cast(inputs, compute_dtype)
@@ -82,4 +86,63 @@ class SwitchableBatchNormalization(keras.layers.BatchNormalization):
         return keras.ops.cast(outputs, self.compute_dtype)
 
     def get_config(self):
-        return {**super().get_config(), "eval_statistics": self.eval_statistics}
+        return {**super().get_config(), "bn_eval": self.bn_eval}
+
+    @classmethod
+    def from_config(cls, config):
+        from keras_sharpness.migrate import upgrade
+
+        return super().from_config(upgrade(config))  # checkpoints of earlier versions
+
+
+def batchnorm_layers(model):
+    """Every BatchNormalization layer of `model` (Keras' and ours), nested included."""
+    return [layer for layer in model._flatten_layers(include_self=False)
+            if isinstance(layer, keras.layers.BatchNormalization)]
+
+
+def model_bn_eval(model):
+    """The bn_eval `model` itself follows: "batch", "moving" or None (no BN).
+
+    `SwitchableBatchNormalization` says its own; Keras' `BatchNormalization`
+    uses moving statistics at evaluation.
+
+    Raises:
+        UserError: the model mixes bn_eval choices.
+    """
+    from keras_sharpness.errors import UserError
+
+    modes = {getattr(layer, "bn_eval", "moving") for layer in batchnorm_layers(model)}
+    if len(modes) > 1:
+        raise UserError(f"model {model.name} mixes BatchNorm evaluation modes {sorted(modes)}; "
+                        f"pass bn_eval to choose one for all")
+    return modes.pop() if modes else None
+
+
+def set_bn_eval(model, mode):
+    """Sets the bn_eval of every `SwitchableBatchNormalization` of `model`.
+
+    Takes effect for calls traced afterwards: functions already compiled by
+    `tf.function` (e.g. a fitted model's predict function) keep the mode they
+    were traced with, so set the mode before compiling or evaluating. Keras'
+    own BatchNormalization cannot switch: `keras_sharpness.objective`
+    evaluates a copy in which it is replaced.
+    """
+    check_bn_eval(mode)
+    for layer in batchnorm_layers(model):
+        if isinstance(layer, SwitchableBatchNormalization):
+            layer.bn_eval = mode
+    return model
+
+
+@contextlib.contextmanager
+def using_bn_eval(model, mode):
+    """Context manager: `set_bn_eval(model, mode)`, restored on exit."""
+    previous = {layer: layer.bn_eval for layer in batchnorm_layers(model)
+                if isinstance(layer, SwitchableBatchNormalization)}
+    set_bn_eval(model, mode)
+    try:
+        yield model
+    finally:
+        for layer, old in previous.items():
+            layer.bn_eval = old

@@ -285,7 +285,7 @@ class SharpnessResult:
         start: the start point rule (`START_POINTS`).
         seed: seed of A and of the random start.
         maxiter: the iteration limit.
-        bn_mode, batch_size, num_samples: how f was evaluated.
+        bn_eval, batch_size, num_samples: how f was evaluated.
     """
 
     phi: float
@@ -311,7 +311,7 @@ class SharpnessResult:
     phi_paper: float = None
     solver_options: dict = None
     subspace_scale: str = "identity"
-    bn_mode: str = None
+    bn_eval: str = None
     batch_size: int = None
     num_samples: int = None
 
@@ -517,7 +517,7 @@ def sharpness(objective, eps=1e-3, subspace_dim=0, maxiter=10, seed=0, start="ze
         converged=bool(solution.status == 0),
         phi_paper=_paper_value(ascent, phi_of(fmax), maxiter),
         solver_options=options, subspace_scale=subspace_scale_of(subspace),
-        bn_mode=getattr(objective, "bn_mode", None),
+        bn_eval=getattr(objective, "bn_eval", None),
         batch_size=getattr(objective, "batch_size", None),
         num_samples=getattr(objective, "num_samples", None))
 

@@ -5,22 +5,21 @@ into the loss (`keras.losses.SparseCategoricalCrossentropy(from_logits=True)`),
 which is the same function, computed stably. Use `keras.ops.softmax` on the
 output for probabilities.
 
-BatchNorm layers are `SwitchableBatchNormalization`; ``bn_mode="batch"`` (the
+BatchNorm layers are `SwitchableBatchNormalization`; ``bn_eval="batch"`` (the
 default) reproduces the original Keras 1 ``mode=2``: batch statistics at
-evaluation too. ``bn_mode="moving"`` is standard modern Keras. See
-`keras_sharpness.layers` for what each mode means, and `set_bn_mode` to switch
+evaluation too. ``bn_eval="moving"`` is standard modern Keras. See
+`keras_sharpness.layers` for what each mode means, and `set_bn_eval` there to switch
 a built or loaded model.
 
 Image layout is channels-last, ``(height, width, channels)``; the original
 Theano code used ``(3, 32, 32)``.
 """
 
-import contextlib
 
 import keras
 
 from keras_sharpness.errors import UserError
-from keras_sharpness.layers import SwitchableBatchNormalization, check_bn_mode
+from keras_sharpness.layers import SwitchableBatchNormalization, check_bn_eval
 
 NETWORKS = ("F1", "F2", "C1", "C2", "C3", "C4")
 
@@ -55,9 +54,9 @@ def check_network(name):
     return canonical
 
 
-def _bn(bn_mode, synchronized, name=None):
+def _bn(bn_eval, synchronized, name=None):
     return SwitchableBatchNormalization(
-        eval_statistics=bn_mode, synchronized=synchronized, name=name)
+        bn_eval=bn_eval, synchronized=synchronized, name=name)
 
 
 def _fully_connected(inputs, depth, bn):
@@ -129,7 +128,7 @@ def _keras_example_net(inputs, bn):
     return keras.layers.Activation("relu")(x)
 
 
-def build_network(name, input_shape, num_classes, *, bn_mode="batch",
+def build_network(name, input_shape, num_classes, *, bn_eval="batch",
                   synchronized=False):
     """Builds one of the paper's networks, outputting logits.
 
@@ -140,7 +139,7 @@ def build_network(name, input_shape, num_classes, *, bn_mode="batch",
             Fully connected networks flatten their input; convolutional ones
             need ``(height, width, channels)``.
         num_classes: number of output logits.
-        bn_mode: ``"batch"`` (Keras 1 ``mode=2``, the default: batch statistics
+        bn_eval: ``"batch"`` (Keras 1 ``mode=2``, the default: batch statistics
             at evaluation too) or ``"moving"`` (standard Keras).
         synchronized: all-reduce BatchNorm statistics across the replicas of a
             `tf.distribute` strategy, so a large batch split over devices is
@@ -154,7 +153,7 @@ def build_network(name, input_shape, num_classes, *, bn_mode="batch",
     Raises:
         UserError: unknown name, bad shape or class count.
     """
-    check_bn_mode(bn_mode)
+    check_bn_eval(bn_eval)
     if str(name).lower() == "kerasnet":
         canonical, architecture = "kerasnet", "kerasnet"
     else:
@@ -169,7 +168,7 @@ def build_network(name, input_shape, num_classes, *, bn_mode="batch",
             f"(height, width, channels); the data has shape {input_shape}")
 
     def bn():
-        return _bn(bn_mode, synchronized)
+        return _bn(bn_eval, synchronized)
 
     inputs = keras.Input(shape=input_shape, name="inputs")
     body = {
@@ -182,47 +181,6 @@ def build_network(name, input_shape, num_classes, *, bn_mode="batch",
     features = body(inputs)
     logits = keras.layers.Dense(int(num_classes), name="logits")(features)
     return keras.Model(inputs, logits, name=canonical)
-
-
-def batchnorm_layers(model):
-    """All `SwitchableBatchNormalization` layers of `model`, nested included."""
-    return [layer for layer in model._flatten_layers(include_self=False)
-            if isinstance(layer, SwitchableBatchNormalization)]
-
-
-def get_bn_mode(model):
-    """The BN evaluation mode of `model`: "batch", "moving", or None if no BN."""
-    modes = {layer.eval_statistics for layer in batchnorm_layers(model)}
-    if not modes:
-        return None
-    if len(modes) > 1:
-        raise ValueError(f"model {model.name} mixes BatchNorm modes {modes}")
-    return modes.pop()
-
-
-def set_bn_mode(model, mode):
-    """Sets the BN evaluation mode of every BatchNorm layer of `model`.
-
-    Takes effect for calls traced afterwards: functions already compiled by
-    `tf.function` (e.g. a fitted model's predict function) keep the mode they
-    were traced with, so set the mode before compiling or evaluating.
-    """
-    check_bn_mode(mode)
-    for layer in batchnorm_layers(model):
-        layer.eval_statistics = mode
-    return model
-
-
-@contextlib.contextmanager
-def bn_mode(model, mode):
-    """Context manager: `set_bn_mode(model, mode)`, restored on exit."""
-    previous = {layer: layer.eval_statistics for layer in batchnorm_layers(model)}
-    set_bn_mode(model, mode)
-    try:
-        yield model
-    finally:
-        for layer, old in previous.items():
-            layer.eval_statistics = old
 
 
 # Original (released) names. Image networks take CIFAR-sized inputs, as released.

@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_sharpness.errors import UserError
+from keras_sharpness.layers import batchnorm_layers, check_bn_eval, model_bn_eval
 
 
 def _cross_entropy_sum_and_correct(logits, labels):
@@ -44,33 +45,6 @@ def _cross_entropy_sum_and_correct(logits, labels):
         tf.equal(tf.argmax(logits, axis=-1, output_type=labels.dtype), labels),
         tf.float32))
     return -tf.reduce_sum(picked), correct
-
-
-def batchnorm_policy(model):
-    """The BN evaluation policy `model` itself follows: "batch", "moving" or None (no BN).
-
-    The project's `SwitchableBatchNormalization` says its own; Keras'
-    `BatchNormalization` uses moving statistics at evaluation.
-
-    Raises:
-        UserError: the model mixes policies.
-    """
-    from keras_sharpness.layers import SwitchableBatchNormalization
-
-    modes = {getattr(layer, "eval_statistics", "moving") if isinstance(
-                 layer, SwitchableBatchNormalization) else "moving"
-             for layer in _batchnorm_layers(model)}
-    if len(modes) > 1:
-        raise UserError(f"model {model.name} mixes BatchNorm evaluation modes {sorted(modes)}; "
-                        f"pass bn_mode to choose one for all")
-    return modes.pop() if modes else None
-
-
-def _batchnorm_layers(model):
-    import keras
-
-    return [layer for layer in model._flatten_layers(include_self=False)
-            if isinstance(layer, keras.layers.BatchNormalization)]
 
 
 def _output_layer(model):
@@ -96,15 +70,15 @@ def _output_activation(layer):
     return name if name in ("softmax", "sigmoid") else None
 
 
-def evaluation_model(model, bn_mode):
+def evaluation_model(model, bn_eval):
     """A copy of `model` that computes f as its label says: logits out, BN as asked.
 
     Functional and Sequential models are cloned (`keras.models.clone_model`);
     in the copy
 
     * every BatchNormalization (Keras' own or the project's) becomes a
-      `SwitchableBatchNormalization` with evaluation statistics `bn_mode`
-      (None: the layer's own policy), so "batch" and "moving" mean the same
+      `SwitchableBatchNormalization` with evaluation statistics `bn_eval`
+      (None: the layer's own bn_eval), so "batch" and "moving" mean the same
       for every model, with exact second derivatives;
     * a softmax at the output (an activation of the last layer, an
       ``Activation("softmax")`` or a ``Softmax`` layer) is removed: the
@@ -112,31 +86,31 @@ def evaluation_model(model, bn_mode):
 
     A subclassed model cannot be cloned; it is used as it is (evaluated with
     ``stateless_call``, never mutated) when that computes what was asked: no
-    BatchNorm, or Keras BN with ``bn_mode`` "moving" or None.
+    BatchNorm, or Keras BN with ``bn_eval`` "moving" or None.
 
     Returns:
         ``(model, removed)``: the model to evaluate and whether a softmax was
         removed.
 
     Raises:
-        UserError: a sigmoid output, or a subclassed model whose BN policy
+        UserError: a sigmoid output, or a subclassed model whose BN evaluation choice
             cannot be switched.
     """
     import keras
 
     from keras_sharpness.layers import SwitchableBatchNormalization
 
-    policy = batchnorm_policy(model)
+    own_bn_eval = model_bn_eval(model)
     output = _output_layer(model)
     if output is None:  # subclassed (or multi-output): no graph to rewrite
-        layers = _batchnorm_layers(model)
-        wanted = bn_mode or policy
+        layers = batchnorm_layers(model)
+        wanted = bn_eval or own_bn_eval
         if layers and not (wanted == "moving" and not any(
                 isinstance(layer, SwitchableBatchNormalization) for layer in layers)):
             raise UserError(
                 f"model {model.name} is a subclassed keras.Model with BatchNormalization: "
-                f"its BN policy {wanted!r} cannot be applied without cloning; build it as "
-                f"a functional or Sequential model, or use bn_mode='moving' with Keras BN")
+                f"its BN evaluation choice {wanted!r} cannot be applied without cloning; build it as "
+                f"a functional or Sequential model, or use bn_eval='moving' with Keras BN")
         return model, False
     activation = _output_activation(output)
     if activation == "sigmoid":
@@ -147,8 +121,8 @@ def evaluation_model(model, bn_mode):
     def clone_layer(layer):
         config = layer.get_config()
         if isinstance(layer, keras.layers.BatchNormalization):
-            own = getattr(layer, "eval_statistics", "moving")
-            config["eval_statistics"] = bn_mode or own
+            own = getattr(layer, "bn_eval", "moving")
+            config["bn_eval"] = bn_eval or own
             return SwitchableBatchNormalization.from_config(config)
         if layer is output and activation == "softmax":
             if isinstance(layer, keras.layers.Softmax) or type(layer) is keras.layers.Activation:
@@ -163,9 +137,9 @@ def evaluation_model(model, bn_mode):
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"model {model.name} cannot be copied for evaluation "
                         f"({message[:160]})") from None
-    wanted = bn_mode or policy
-    wrong = [layer.name for layer in _batchnorm_layers(clone)
-             if getattr(layer, "eval_statistics", None) != wanted]
+    wanted = bn_eval or own_bn_eval
+    wrong = [layer.name for layer in batchnorm_layers(clone)
+             if getattr(layer, "bn_eval", None) != wanted]
     if wrong:
         raise UserError(f"model {model.name}: BatchNorm layers {', '.join(wrong[:3])} could not "
                         f"be switched to {wanted!r} statistics (inside a wrapper layer?); "
@@ -178,7 +152,7 @@ class TrainingLoss:
 
     Example::
 
-        f = ks.TrainingLoss(model, x_train, y_train, bn_mode="batch")
+        f = ks.TrainingLoss(model, x_train, y_train, bn_eval="batch")
         w = f.initial_point()              # the model's weights, float64
         value, gradient = f.value_and_gradient(w)
         hv = f.hessian_vector_product(w, gradient)
@@ -192,9 +166,9 @@ class TrainingLoss:
             `non_trainable` values.
         x: inputs, a NumPy array whose first axis indexes samples.
         y: class labels: integers of shape ``(len(x),)``, or one-hot rows.
-        bn_mode: ``"batch"`` (batch statistics at evaluation, Keras 1
+        bn_eval: ``"batch"`` (batch statistics at evaluation, Keras 1
             ``mode=2``), ``"moving"`` (moving statistics), or None for the
-            model's own policy (`batchnorm_policy`; Keras' own
+            model's own bn_eval (`model_bn_eval`; Keras' own
             BatchNormalization: moving). Honoured for Keras' BN layers too.
         batch_size: samples per fixed batch. In ``"batch"`` mode it is part of
             the definition of f (the statistics are those of each batch).
@@ -203,13 +177,12 @@ class TrainingLoss:
         seed: seed of that subset.
 
     Raises:
-        UserError: empty data, labels out of range, a bad ``bn_mode``,
+        UserError: empty data, labels out of range, a bad ``bn_eval``,
             ``batch_size`` or ``num_samples``, or inputs the model cannot take.
     """
 
-    def __init__(self, model, x, y, *, bn_mode=None, batch_size=1000,
+    def __init__(self, model, x, y, *, bn_eval=None, batch_size=1000,
                  num_samples=None, seed=0):
-        from keras_sharpness.layers import check_bn_mode
 
         from keras_sharpness.data import labels_as_indices
 
@@ -228,17 +201,17 @@ class TrainingLoss:
             keep = np.sort(np.random.default_rng(seed).choice(
                 len(x), size=num_samples, replace=False))
             x, y = x[keep], y[keep]
-        own_mode = batchnorm_policy(model)
-        if bn_mode is not None:
-            check_bn_mode(bn_mode)
-        #: The BN policy f is computed with (None: the model has no BN).
-        self.bn_mode = None if own_mode is None else (bn_mode or own_mode)
+        own_mode = model_bn_eval(model)
+        if bn_eval is not None:
+            check_bn_eval(bn_eval)
+        #: The BN evaluation choice f is computed with (None: the model has no BN).
+        self.bn_eval = None if own_mode is None else (bn_eval or own_mode)
         self.batch_size = int(batch_size)
         self.num_samples = len(x)
         self.seed = seed
         _check_compatible(model, x, y)
 
-        self._model, self.softmax_removed = evaluation_model(model, self.bn_mode)
+        self._model, self.softmax_removed = evaluation_model(model, self.bn_eval)
         source_trainable = list(model.trainable_variables)
         source_fixed = list(model.non_trainable_variables)
         clone_trainable = list(self._model.trainable_variables)

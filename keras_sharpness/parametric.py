@@ -14,7 +14,7 @@ precision as the sharpness metric. The trained models are never modified.
 BatchNorm along the path
 ------------------------
 The weights are interpolated; what BN normalizes with is a choice, recorded
-in the output as ``bn_semantics``:
+in the output as ``bn_eval``:
 
 ``"batch"`` (default; the original code)
     Every evaluation batch is normalized with its own statistics (Keras 1
@@ -42,7 +42,7 @@ import numpy as np
 from keras_sharpness.errors import UserError
 
 CURVES = ("linear", "sin")
-BN_SEMANTICS = ("batch", "recompute", "moving")
+PLOT_BN_EVAL = ("batch", "recompute", "moving")
 
 
 @dataclasses.dataclass
@@ -53,7 +53,7 @@ class ParametricResult:
         alphas: the path parameter of each point.
         train_loss, train_acc, test_loss, test_acc: one value per alpha.
         curve: ``"linear"`` or ``"sin"``.
-        bn_semantics: ``"batch"``, ``"recompute"`` or ``"moving"``.
+        bn_eval: ``"batch"``, ``"recompute"`` or ``"moving"``.
         batch_size: evaluation batch size (defines f in ``"batch"`` mode).
         num_params: number of trainable weights.
         seconds: wall time of the sweep.
@@ -65,7 +65,7 @@ class ParametricResult:
     test_loss: list
     test_acc: list
     curve: str
-    bn_semantics: str
+    bn_eval: str
     batch_size: int
     num_params: int
     seconds: float = 0.0
@@ -74,7 +74,7 @@ class ParametricResult:
         return dataclasses.asdict(self)
 
 
-def check_path_arguments(num_points, alpha_min, alpha_max, curve, bn_semantics):
+def check_path_arguments(num_points, alpha_min, alpha_max, curve, bn_eval):
     """Raises `UserError` (one line) for a bad path specification."""
     if int(num_points) < 2:
         raise UserError(f"num_points must be at least 2, got {num_points}")
@@ -83,9 +83,9 @@ def check_path_arguments(num_points, alpha_min, alpha_max, curve, bn_semantics):
                         f"({alpha_max:g})")
     if curve not in CURVES:
         raise UserError(f"unknown curve {curve!r}; choose one of {', '.join(CURVES)}")
-    if bn_semantics not in BN_SEMANTICS:
-        raise UserError(f"unknown BN semantics {bn_semantics!r}; choose one of "
-                        f"{', '.join(BN_SEMANTICS)}")
+    if bn_eval not in PLOT_BN_EVAL:
+        raise UserError(f"unknown BN semantics {bn_eval!r}; choose one of "
+                        f"{', '.join(PLOT_BN_EVAL)}")
 
 
 def path_coefficients(alpha, curve="linear"):
@@ -99,7 +99,7 @@ def path_coefficients(alpha, curve="linear"):
 
 def _bn_statistic_slots(model):
     """Indices in ``model.non_trainable_variables`` of BN means and variances."""
-    from keras_sharpness.networks import batchnorm_layers
+    from keras_sharpness.layers import batchnorm_layers
 
     ids = {id(v): i for i, v in enumerate(model.non_trainable_variables)}
     slots = []
@@ -156,7 +156,7 @@ class _StatisticsRecomputer:
 
 
 def parametric_curve(sb_model, lb_model, data, *, num_points=25, alpha_min=-1.0,
-                     alpha_max=2.0, curve="linear", bn_semantics="batch",
+                     alpha_max=2.0, curve="linear", bn_eval="batch",
                      batch_size=1000, verbose=False):
     """Train/test loss and accuracy along the path from x_SB to x_LB.
 
@@ -173,7 +173,7 @@ def parametric_curve(sb_model, lb_model, data, *, num_points=25, alpha_min=-1.0,
         num_points: number of alphas, evenly spaced in [alpha_min, alpha_max].
         alpha_min, alpha_max: the range of alpha (Figure 3: [-1, 2]).
         curve: ``"linear"`` or ``"sin"`` (Appendix D).
-        bn_semantics: ``"batch"``, ``"recompute"`` or ``"moving"`` (module doc).
+        bn_eval: ``"batch"``, ``"recompute"`` or ``"moving"`` (module doc).
         batch_size: evaluation batch size of `TrainingLoss`.
         verbose: print one line per point.
 
@@ -187,16 +187,16 @@ def parametric_curve(sb_model, lb_model, data, *, num_points=25, alpha_min=-1.0,
 
     from keras_sharpness.objective import TrainingLoss
 
-    check_path_arguments(num_points, alpha_min, alpha_max, curve, bn_semantics)
+    check_path_arguments(num_points, alpha_min, alpha_max, curve, bn_eval)
     if ([tuple(v.shape) for v in sb_model.weights]
             != [tuple(v.shape) for v in lb_model.weights]):
         raise UserError(f"the SB and LB models differ in architecture "
                         f"({sb_model.name} vs {lb_model.name})")
     started = time.perf_counter()
-    eval_mode = "batch" if bn_semantics == "batch" else "moving"
-    train = TrainingLoss(sb_model, data.x_train, data.y_train, bn_mode=eval_mode,
+    eval_mode = "batch" if bn_eval == "batch" else "moving"
+    train = TrainingLoss(sb_model, data.x_train, data.y_train, bn_eval=eval_mode,
                          batch_size=batch_size)
-    test = TrainingLoss(sb_model, data.x_test, data.y_test, bn_mode=eval_mode,
+    test = TrainingLoss(sb_model, data.x_test, data.y_test, bn_eval=eval_mode,
                         batch_size=batch_size)
     w_sb = train.initial_point()
     w_lb = train.flatten([np.asarray(v) for v in lb_model.trainable_variables])
@@ -206,18 +206,18 @@ def parametric_curve(sb_model, lb_model, data, *, num_points=25, alpha_min=-1.0,
     variance_slots = {var_i for _, var_i, _ in slots}
     statistic_slots = {i for slot in slots for i in slot[:2]}
     recompute = (_StatisticsRecomputer(sb_model, data.x_train, batch_size)
-                 if bn_semantics == "recompute" else None)
+                 if bn_eval == "recompute" else None)
 
     alphas = np.linspace(float(alpha_min), float(alpha_max), int(num_points))
     result = ParametricResult(alphas=[float(a) for a in alphas], train_loss=[],
                               train_acc=[], test_loss=[], test_acc=[], curve=curve,
-                              bn_semantics=bn_semantics, batch_size=int(batch_size),
+                              bn_eval=bn_eval, batch_size=int(batch_size),
                               num_params=train.num_params)
     for alpha in alphas:
         c_lb, c_sb = path_coefficients(alpha, curve)
         w = c_lb * w_lb + c_sb * w_sb
         fixed = fixed_sb
-        if bn_semantics == "moving":
+        if bn_eval == "moving":
             fixed = []
             for i, (a, b) in enumerate(zip(fixed_sb, fixed_lb)):
                 if i in statistic_slots:
@@ -226,7 +226,7 @@ def parametric_curve(sb_model, lb_model, data, *, num_points=25, alpha_min=-1.0,
                         value = np.maximum(value, 0.0)
                     a = value.astype(a.dtype)
                 fixed.append(a)
-        elif bn_semantics == "recompute":
+        elif bn_eval == "recompute":
             fixed = recompute(train.unflatten(w), fixed_sb)
         train_loss, train_acc = train.loss_and_accuracy(w, fixed)
         test_loss, test_acc = test.loss_and_accuracy(w, fixed)
@@ -245,7 +245,7 @@ def write_parametric_json(result, path, **provenance):
     """Writes `result` and provenance (flags, seed, versions) to `path` atomically.
 
     The file has keys ``alphas``, ``train_loss``, ``train_acc``, ``test_loss``,
-    ``test_acc`` (accuracy as a fraction), ``curve``, ``bn_semantics``,
+    ``test_acc`` (accuracy as a fraction), ``curve``, ``bn_eval``,
     ``batch_size``, ``num_params``, ``seconds``, ``versions`` and whatever
     `provenance` adds (e.g. ``flags``, ``seed``).
     """

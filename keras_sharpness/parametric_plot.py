@@ -49,8 +49,7 @@ def run(network, *, dataset=None, data_dir=None, train_size=None, test_size=None
         epochs, until_converged, patience, min_delta, max_epochs,
             relative_min_delta, strategy, accumulation_steps: see `keras_sharpness.training.train_sb_lb`.
         num_points, alpha_min, alpha_max, curve, bn_eval, eval_batch_size: see
-            `keras_sharpness.parametric.parametric_curve` (``bn_eval`` is its
-            ``bn_semantics``).
+            `keras_sharpness.parametric.parametric_curve`.
         workdir: checkpoints and JSON; None for ``runs/<network>``.
         figures_dir: where ``<network>.pdf`` / ``.png`` go (None: `workdir`).
         seed: x0, data order, dropout, subsets and augmentation.
@@ -123,7 +122,7 @@ def run(network, *, dataset=None, data_dir=None, train_size=None, test_size=None
                   f"{alpha_max:g}], {curve} path, BN {bn_eval}", flush=True)
         result = parametric.parametric_curve(
             models["sb"], models["lb"], data, num_points=num_points, alpha_min=alpha_min,
-            alpha_max=alpha_max, curve=curve, bn_semantics=bn_eval,
+            alpha_max=alpha_max, curve=curve, bn_eval=bn_eval,
             batch_size=eval_batch_size, verbose=bool(verbose))
         record = models["record"]
         flags = {

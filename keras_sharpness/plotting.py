@@ -77,6 +77,6 @@ def plot_parametric(result, out_stem, *, title=None):
     ax1.legend(loc="best")
     ax1.grid(True, which="both", alpha=0.3)
     if title is None:
-        title = f"{r.get('curve', 'linear')} path, BN: {r.get('bn_semantics', '?')}"
+        title = f"{r.get('curve', 'linear')} path, BN: {r.get('bn_eval', '?')}"
     ax1.set_title(title, fontsize=10)
     return save_figure(fig, out_stem)

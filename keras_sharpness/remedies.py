@@ -28,7 +28,7 @@ the minima found stayed sharp. Each is an option of
 Side effects worth knowing: in training mode every forward pass updates the
 BatchNorm moving statistics, so conservative training updates them
 `conservative_steps` times per batch and adversarial training twice (clean and
-perturbed inputs). With the default ``bn_mode="batch"`` (the paper's
+perturbed inputs). With the default ``bn_eval="batch"`` (the paper's
 ``mode=2``) the moving statistics are never used.
 """
 

@@ -191,11 +191,11 @@ def compute(*, models, data, network, output, eps, subspace_dim=0, maxiter=10, s
             digest = io.sha256(path)
             objective = TrainingLoss(
                 model, arrays.x_train, arrays.y_train,
-                bn_mode=None if bn_eval == "model" else bn_eval,
+                bn_eval=None if bn_eval == "model" else bn_eval,
                 batch_size=int(batch_size), num_samples=num_samples, seed=seed)
             metric.check_settings(eps[0], subspace_dim, maxiter, starts[0], objective.num_params,
                                      subspace_scale)
-            used_bn = objective.bn_mode or "none"
+            used_bn = objective.bn_eval or "none"
             name = network or model.name
             hessian_top = None
             trace = None

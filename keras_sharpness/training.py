@@ -325,14 +325,14 @@ def read_history(path):
 
 
 # ---------------------------------------------------------------- training
-def _build(network, info, bn_mode, synchronized):
+def _build(network, info, bn_eval, synchronized):
     from keras_sharpness.networks import build_network
 
     return build_network(network, info.input_shape, info.num_classes,
-                         bn_mode=bn_mode, synchronized=synchronized)
+                         bn_eval=bn_eval, synchronized=synchronized)
 
 
-def initial_point(path, network, info, *, seed, bn_mode="batch"):
+def initial_point(path, network, info, *, seed, bn_eval="batch"):
     """Loads x0 from `path`, or builds it from `seed` and saves it there.
 
     Returns:
@@ -350,7 +350,7 @@ def initial_point(path, network, info, *, seed, bn_mode="batch"):
             raise CheckpointError(f"{path} holds network {model.name}, not {network}")
         return model
     keras.utils.set_random_seed(int(seed))
-    model = _build(network, info, bn_mode, synchronized=False)
+    model = _build(network, info, bn_eval, synchronized=False)
     io.save_model(model, path)
     return model
 
@@ -359,7 +359,7 @@ def train_minimizer(x0, network, info, x_train, y_train, *, batch_size, out_path
                     history_path, backup_dir, run_name="run", epochs=20,
                     until_converged=False, patience=10, min_delta=1e-4,
                     max_epochs=500, seed=0, strategy="default",
-                    accumulation_steps=1, bn_mode="batch", verbose=1,
+                    accumulation_steps=1, bn_eval="batch", verbose=1,
                     callbacks=(), builder=None, augment=False, conservative_lambda=0.0,
                     conservative_steps=3, adversarial_eps=0.0,
                     adversarial_clean_weight=0.5, relative_min_delta=0.0,
@@ -367,7 +367,7 @@ def train_minimizer(x0, network, info, x_train, y_train, *, batch_size, out_path
     """Trains x0 with Adam at one batch size and saves the best epoch.
 
     After every epoch f and the accuracy over the whole training set are
-    evaluated as the measurements evaluate them (BN policy `bn_mode`, fixed
+    evaluated as the measurements evaluate them (BN evaluation choice `bn_eval`, fixed
     batches of `eval_batch_size`; `keras_sharpness.convergence`); the saved
     model holds the weights of the epoch with the lowest f (``kept_epoch``),
     and ``<out>_last.keras`` the last iterate where that differs. The history
@@ -397,7 +397,7 @@ def train_minimizer(x0, network, info, x_train, y_train, *, batch_size, out_path
         strategy: ``"default"``, ``"mirrored"`` or ``"multiworker"``, or a
             `tf.distribute.Strategy`.
         accumulation_steps: gradient accumulation micro-steps per update (1: none).
-        bn_mode: BN evaluation mode saved with the model and used for the
+        bn_eval: BN evaluation mode saved with the model and used for the
             per-epoch f.
         verbose: `fit` verbosity (1: progress bar).
         callbacks: more Keras callbacks (tests use one that interrupts).
@@ -459,7 +459,7 @@ def train_minimizer(x0, network, info, x_train, y_train, *, batch_size, out_path
     # Same seed before building: dropout seeds match across runs and resumes.
     if builder is None:
         def builder(synchronized):
-            return _build(network, info, bn_mode, synchronized=synchronized)
+            return _build(network, info, bn_eval, synchronized=synchronized)
     keras.utils.set_random_seed(int(seed))
     with strategy.scope():
         plain = builder(synchronized)
@@ -482,7 +482,7 @@ def train_minimizer(x0, network, info, x_train, y_train, *, batch_size, out_path
               "replicas": strategy.num_replicas_in_sync, "seed": seed,
               "train_size": len(x_train), **remedies.record(),
               "stop_rule": stop_rule,
-              "train_f": {"bn_mode": bn_mode, "eval_batch_size": int(eval_batch_size),
+              "train_f": {"bn_eval": bn_eval, "eval_batch_size": int(eval_batch_size),
                           "num_samples": len(x_train)}}
     last_path = pathlib.Path(out_path).with_name(pathlib.Path(out_path).stem + "_last.keras")
     history = HistoryWriter(history_path, header, write=chief)
@@ -494,7 +494,7 @@ def train_minimizer(x0, network, info, x_train, y_train, *, batch_size, out_path
             done, patience, min_delta, relative_min_delta)):
         cap = len(done)  # ended before a kill: restore the backup, train no more
     # f over the training set, evaluated like every measurement evaluates it.
-    objective = TrainingLoss(builder(False), x_train, y_train, bn_mode=bn_mode,
+    objective = TrainingLoss(builder(False), x_train, y_train, bn_eval=bn_eval,
                              batch_size=int(eval_batch_size))
     monitor = convergence.TrainingSetMonitor(
         objective, plain, best_path, history, until_converged=until_converged,
@@ -622,7 +622,7 @@ def check_workdir(workdir, record):
 def train_sb_lb(data, network, workdir, *, dataset, data_dir=None, sb_batch_size=256,
                 lb_batch_size=None, epochs=20, until_converged=False, patience=10,
                 min_delta=1e-4, max_epochs=500, seed=0, strategy="default",
-                accumulation_steps=1, bn_mode="batch", train_size=None,
+                accumulation_steps=1, bn_eval="batch", train_size=None,
                 test_size=None, verbose=1, callbacks=(), augment=False,
                 conservative_lambda=0.0, conservative_steps=3, adversarial_eps=0.0,
                 adversarial_clean_weight=0.5, remedies_apply_to="lb", data_seed=None,
@@ -631,7 +631,7 @@ def train_sb_lb(data, network, workdir, *, dataset, data_dir=None, sb_batch_size
 
     The work directory holds ``x0.keras``, ``sb.keras``, ``lb.keras``,
     ``sb_history.json``, ``lb_history.json``, ``backups/{sb,lb}/`` while a run
-    is unfinished, and ``run.json`` (network, dataset, data_dir, bn_mode, seed,
+    is unfinished, and ``run.json`` (network, dataset, data_dir, bn_eval, seed,
     batch sizes, epochs, Appendix E remedies, versions...). Accumulation
     applies to LB only; the remedies to the runs named by `remedies_apply_to`.
 
@@ -684,7 +684,7 @@ def train_sb_lb(data, network, workdir, *, dataset, data_dir=None, sb_batch_size
     record = {
         "network": network, "dataset": canonical_source(dataset),
         "data_dir": None if data_dir is None else str(pathlib.Path(data_dir).expanduser().resolve()),
-        "bn_mode": bn_mode, "seed": int(seed),
+        "bn_eval": bn_eval, "seed": int(seed),
         # Seed of the train/test subsets (`load_arrays(..., seed=)`), when it
         # differs from the run's seed (e.g. trials of one data subset).
         "data_seed": int(seed if data_seed is None else data_seed),
@@ -712,7 +712,7 @@ def train_sb_lb(data, network, workdir, *, dataset, data_dir=None, sb_batch_size
     chief = is_chief(strategy_obj)
     if chief:
         io.write_json(workdir / "run.json", record)
-    x0 = initial_point(workdir / "x0.keras", network, data.info, seed=seed, bn_mode=bn_mode)
+    x0 = initial_point(workdir / "x0.keras", network, data.info, seed=seed, bn_eval=bn_eval)
     models = {"x0": x0, "record": record}
     options = dataclasses.asdict(remedies)
     for name, batch, k in (("sb", sb, 1), ("lb", lb, int(accumulation_steps or 1))):
@@ -729,7 +729,7 @@ def train_sb_lb(data, network, workdir, *, dataset, data_dir=None, sb_batch_size
             epochs=epochs, until_converged=until_converged, patience=patience,
             min_delta=min_delta, max_epochs=max_epochs, seed=seed,
             relative_min_delta=relative_min_delta, eval_batch_size=eval_batch_size,
-            strategy=strategy_obj, accumulation_steps=k, bn_mode=bn_mode,
+            strategy=strategy_obj, accumulation_steps=k, bn_eval=bn_eval,
             verbose=verbose, callbacks=callbacks,
             **(options if name in remedied else {}))
     backups = workdir / "backups"

@@ -23,11 +23,11 @@ def small_networks(monkeypatch):
 
     from keras_sharpness.layers import SwitchableBatchNormalization
 
-    def build_network(name, input_shape, num_classes, *, bn_mode="batch", synchronized=False):
+    def build_network(name, input_shape, num_classes, *, bn_eval="batch", synchronized=False):
         inputs = keras.Input(shape=input_shape)
         x = keras.layers.Flatten()(inputs)
         x = keras.layers.Dense(8)(x)
-        x = SwitchableBatchNormalization(eval_statistics=bn_mode, synchronized=synchronized)(x)
+        x = SwitchableBatchNormalization(bn_eval=bn_eval, synchronized=synchronized)(x)
         x = keras.layers.Activation("relu")(x)
         return keras.Model(inputs, keras.layers.Dense(num_classes)(x), name=name)
 

@@ -7,15 +7,8 @@ import pytest
 import network_zoo
 from keras_sharpness import io as ks_io
 from keras_sharpness.errors import UserError
-from keras_sharpness.networks import (
-    DEFAULT_DATASET,
-    NETWORKS,
-    batchnorm_layers,
-    bn_mode,
-    build_network,
-    get_bn_mode,
-    set_bn_mode,
-)
+from keras_sharpness.layers import batchnorm_layers, model_bn_eval, set_bn_eval, using_bn_eval
+from keras_sharpness.networks import DEFAULT_DATASET, NETWORKS, build_network
 
 
 def dense(n_in, n_out):
@@ -116,7 +109,7 @@ def _first_rows(model, batch, rows=4):
 
 def test_batch_statistics_mode_depends_on_the_rest_of_the_batch():
     keras.utils.set_random_seed(1)
-    model = build_network("C1", (8, 8, 3), 5, bn_mode="batch")
+    model = build_network("C1", (8, 8, 3), 5, bn_eval="batch")
     batch = np.random.default_rng(1).random((12, 8, 8, 3), dtype=np.float32)
     alone, together = _first_rows(model, batch)
     assert np.abs(alone - together).max() > 1e-3
@@ -124,14 +117,14 @@ def test_batch_statistics_mode_depends_on_the_rest_of_the_batch():
 
 def test_moving_statistics_mode_is_per_sample():
     keras.utils.set_random_seed(1)
-    model = build_network("C1", (8, 8, 3), 5, bn_mode="moving")
+    model = build_network("C1", (8, 8, 3), 5, bn_eval="moving")
     batch = np.random.default_rng(1).random((12, 8, 8, 3), dtype=np.float32)
     alone, together = _first_rows(model, batch)
     np.testing.assert_allclose(alone, together, rtol=1e-5, atol=1e-6)
 
 
 def test_evaluation_in_batch_mode_does_not_touch_moving_statistics():
-    model = build_network("F1", (6,), 3, bn_mode="batch")
+    model = build_network("F1", (6,), 3, bn_eval="batch")
     before = [v.numpy().copy() for v in model.non_trainable_variables]
     model(np.random.default_rng(2).random((9, 6), dtype=np.float32), training=False)
     for old, var in zip(before, model.non_trainable_variables):
@@ -140,19 +133,19 @@ def test_evaluation_in_batch_mode_does_not_touch_moving_statistics():
 
 def test_switching_mode_and_context_manager():
     model = build_network("F1", (6,), 3)
-    assert get_bn_mode(model) == "batch"
-    with bn_mode(model, "moving"):
-        assert get_bn_mode(model) == "moving"
-    assert get_bn_mode(model) == "batch"
-    set_bn_mode(model, "moving")
-    assert get_bn_mode(model) == "moving"
+    assert model_bn_eval(model) == "batch"
+    with using_bn_eval(model, "moving"):
+        assert model_bn_eval(model) == "moving"
+    assert model_bn_eval(model) == "batch"
+    set_bn_eval(model, "moving")
+    assert model_bn_eval(model) == "moving"
 
 
 def test_mode_and_synchronization_survive_save_and_load(tmp_path):
-    model = build_network("F1", (6,), 3, bn_mode="moving", synchronized=True)
+    model = build_network("F1", (6,), 3, bn_eval="moving", synchronized=True)
     ks_io.save_model(model, tmp_path / "m.keras")
     loaded = ks_io.load_model(tmp_path / "m.keras")
-    assert get_bn_mode(loaded) == "moving"
+    assert model_bn_eval(loaded) == "moving"
     assert all(layer.synchronized for layer in batchnorm_layers(loaded))
     x = np.random.default_rng(3).random((5, 6), dtype=np.float32)
     np.testing.assert_allclose(model(x, training=False), loaded(x, training=False), rtol=1e-6)
@@ -162,7 +155,7 @@ def test_mode_and_synchronization_survive_save_and_load(tmp_path):
     (dict(name="C9", input_shape=(32, 32, 3), num_classes=10), "unknown network"),
     (dict(name="C1", input_shape=(360,), num_classes=10), "needs image inputs"),
     (dict(name="F1", input_shape=(8,), num_classes=1), "at least 2"),
-    (dict(name="F1", input_shape=(8,), num_classes=3, bn_mode="mode2"), "BatchNorm evaluation mode"),
+    (dict(name="F1", input_shape=(8,), num_classes=3, bn_eval="mode2"), "BatchNorm evaluation mode"),
 ])
 def test_bad_network_arguments_are_one_line_errors(kwargs, message):
     with pytest.raises(UserError, match=message) as error:

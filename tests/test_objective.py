@@ -4,15 +4,15 @@ import numpy as np
 import pytest
 
 from keras_sharpness.errors import UserError
-from keras_sharpness.networks import get_bn_mode
+from keras_sharpness.layers import model_bn_eval
 from keras_sharpness.objective import TrainingLoss
 from toy_models import (cross_entropy, logistic_hessian, logistic_regression, tanh_bn_model,
                         toy_data)
 
 
-@pytest.mark.parametrize("bn_mode", ["batch", "moving"])
-def test_value_is_keras_cross_entropy_over_fixed_batches(bn_mode):
-    model = tanh_bn_model(bn_mode)
+@pytest.mark.parametrize("bn_eval", ["batch", "moving"])
+def test_value_is_keras_cross_entropy_over_fixed_batches(bn_eval):
+    model = tanh_bn_model(bn_eval)
     # Non-trivial moving statistics, so the two modes differ.
     for v in model.non_trainable_variables:
         v.assign(np.full(v.shape, 0.3 if "mean" in v.path else 2.0, np.float32))
@@ -33,20 +33,20 @@ def test_bn_modes_differ_and_default_is_the_models_own():
         v.assign(np.full(v.shape, 0.3 if "mean" in v.path else 2.0, np.float32))
     x, y = toy_data()
     own = TrainingLoss(model, x, y, batch_size=20)
-    batch = TrainingLoss(model, x, y, bn_mode="batch", batch_size=20)
-    moving = TrainingLoss(model, x, y, bn_mode="moving", batch_size=20)
+    batch = TrainingLoss(model, x, y, bn_eval="batch", batch_size=20)
+    moving = TrainingLoss(model, x, y, bn_eval="moving", batch_size=20)
     w = own.initial_point()
-    assert own.bn_mode == "batch"
+    assert own.bn_eval == "batch"
     assert own.value(w) == batch.value(w)
     assert moving.value(w) != batch.value(w)
 
 
-@pytest.mark.parametrize("bn_mode", ["batch", "moving"])
-def test_deterministic_and_model_untouched(bn_mode):
+@pytest.mark.parametrize("bn_eval", ["batch", "moving"])
+def test_deterministic_and_model_untouched(bn_eval):
     model = tanh_bn_model("batch")
     before = [v.numpy().copy() for v in model.variables]
     x, y = toy_data(45)
-    objective = TrainingLoss(model, x, y, bn_mode=bn_mode, batch_size=20)
+    objective = TrainingLoss(model, x, y, bn_eval=bn_eval, batch_size=20)
     w = objective.initial_point() + 0.1
     assert objective.value(w) == objective.value(w)
     f1, g1 = objective.value_and_gradient(w)
@@ -56,13 +56,13 @@ def test_deterministic_and_model_untouched(bn_mode):
     assert np.array_equal(objective.hessian_vector_product(w, v),
                           objective.hessian_vector_product(w, v))
     assert all(np.array_equal(a, b.numpy()) for a, b in zip(before, model.variables))
-    assert get_bn_mode(model) == "batch"
+    assert model_bn_eval(model) == "batch"
 
 
-@pytest.mark.parametrize("bn_mode", ["batch", "moving"])
-def test_gradient_matches_central_differences(bn_mode):
+@pytest.mark.parametrize("bn_eval", ["batch", "moving"])
+def test_gradient_matches_central_differences(bn_eval):
     x, y = toy_data(40)
-    objective = TrainingLoss(tanh_bn_model(), x, y, bn_mode=bn_mode, batch_size=16)
+    objective = TrainingLoss(tanh_bn_model(), x, y, bn_eval=bn_eval, batch_size=16)
     w = objective.initial_point()
     _, gradient = objective.value_and_gradient(w)
     rng = np.random.default_rng(1)
@@ -87,7 +87,7 @@ def test_hessian_vector_product_matches_explicit_logistic_hessian():
 def test_hessian_vector_product_through_batch_statistics_matches_differences():
     # Batch-statistics BN needs second derivatives through the batch moments.
     x, y = toy_data(40)
-    objective = TrainingLoss(tanh_bn_model(), x, y, bn_mode="batch", batch_size=20)
+    objective = TrainingLoss(tanh_bn_model(), x, y, bn_eval="batch", batch_size=20)
     w = objective.initial_point()
     v = np.random.default_rng(2).normal(size=objective.num_params)
     v /= np.linalg.norm(v)
@@ -125,4 +125,4 @@ def test_bad_inputs_raise_user_error():
     with pytest.raises(UserError, match="num_samples"):
         TrainingLoss(model, x, y, num_samples=11)
     with pytest.raises(UserError, match="BatchNorm"):
-        TrainingLoss(model, x, y, bn_mode="other")
+        TrainingLoss(model, x, y, bn_eval="other")

@@ -1,7 +1,7 @@
 """Your own Keras model: f is what its label says, or a one-line refusal.
 
 Ground truth is Keras' own loss (`SparseCategoricalCrossentropy`) on the
-model's own outputs, over the same fixed batches, under the stated BN policy:
+model's own outputs, over the same fixed batches, under the stated BN evaluation choice:
 "moving" = ``model(x, training=False)``; "batch" = ``model(x, training=True)``
 on a model without dropout (BN then normalizes with each batch's statistics).
 """
@@ -52,26 +52,26 @@ def keras_loss(model, x, y, training, from_logits=False):
 
 
 @pytest.mark.parametrize("build", [softmax_bn_functional, softmax_bn_sequential])
-def test_softmax_and_keras_batchnorm_give_keras_loss_under_each_policy(build):
+def test_softmax_and_keras_batchnorm_give_keras_loss_under_each_bn_eval(build):
     x, y = _data()
     model = _moving_then_trained_statistics(build(), x, y)
-    moving = TrainingLoss(model, x, y, bn_mode="moving", batch_size=BATCH)
-    batch = TrainingLoss(model, x, y, bn_mode="batch", batch_size=BATCH)
+    moving = TrainingLoss(model, x, y, bn_eval="moving", batch_size=BATCH)
+    batch = TrainingLoss(model, x, y, bn_eval="batch", batch_size=BATCH)
     own = TrainingLoss(model, x, y, batch_size=BATCH)
-    assert moving.softmax_removed and own.bn_mode == "moving" and batch.bn_mode == "batch"
+    assert moving.softmax_removed and own.bn_eval == "moving" and batch.bn_eval == "batch"
     f_moving = moving.value(moving.initial_point())
     f_batch = batch.value(batch.initial_point())
     assert own.value(own.initial_point()) == pytest.approx(f_moving, rel=1e-6)
     # Ground truth, "moving" first: a training=True call moves the statistics.
     assert f_moving == pytest.approx(keras_loss(model, x, y, training=False), rel=1e-5)
     assert f_batch == pytest.approx(keras_loss(model, x, y, training=True), rel=1e-5)
-    assert abs(f_batch - f_moving) > 1e-3  # the two policies really differ here
+    assert abs(f_batch - f_moving) > 1e-3  # the two bn_eval choices really differ here
 
 
 def test_gradient_through_keras_batchnorm_in_batch_mode_matches_finite_differences():
     x, y = _data()
     model = _moving_then_trained_statistics(softmax_bn_functional(), x, y)
-    objective = TrainingLoss(model, x, y, bn_mode="batch", batch_size=BATCH)
+    objective = TrainingLoss(model, x, y, bn_eval="batch", batch_size=BATCH)
     w = objective.initial_point()
     _, g = objective.value_and_gradient(w)
     rng = np.random.default_rng(0)
@@ -119,14 +119,14 @@ def test_subclassed_model_evaluates_without_cloning():
     keras.utils.set_random_seed(3)
     with_bn = Subclassed(batchnorm=True)
     with_bn(x[:2])
-    moving = TrainingLoss(with_bn, x, y, bn_mode="moving", batch_size=BATCH)
+    moving = TrainingLoss(with_bn, x, y, bn_eval="moving", batch_size=BATCH)
     assert moving.value(moving.initial_point()) == pytest.approx(
         keras_loss(with_bn, x, y, training=False, from_logits=True), rel=1e-5)
 
 
 @pytest.mark.parametrize("case, make, kwargs, message", [
     ("subclassed softmax", lambda: Subclassed(softmax=True), {}, "outputs probabilities"),
-    ("subclassed BN, batch policy", lambda: Subclassed(batchnorm=True), {"bn_mode": "batch"},
+    ("subclassed BN, bn_eval batch", lambda: Subclassed(batchnorm=True), {"bn_eval": "batch"},
      "subclassed"),
     ("sigmoid output", lambda: keras.Sequential([keras.Input((6,)),
                                                  keras.layers.Dense(4, activation="sigmoid")]),
@@ -171,8 +171,8 @@ def test_batchnorm_inside_a_nested_model_is_switched_too():
                               keras.layers.BatchNormalization()])
     model = keras.Sequential([keras.Input((6,)), inner, keras.layers.Dense(4)])
     _moving_then_trained_statistics(model, x, y)
-    batch = TrainingLoss(model, x, y, bn_mode="batch", batch_size=BATCH)
-    moving = TrainingLoss(model, x, y, bn_mode="moving", batch_size=BATCH)
+    batch = TrainingLoss(model, x, y, bn_eval="batch", batch_size=BATCH)
+    moving = TrainingLoss(model, x, y, bn_eval="moving", batch_size=BATCH)
     assert moving.value(moving.initial_point()) == pytest.approx(
         keras_loss(model, x, y, training=False, from_logits=True), rel=1e-5)
     assert batch.value(batch.initial_point()) == pytest.approx(

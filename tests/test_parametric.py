@@ -20,7 +20,8 @@ def _models(info):
     """Two different F1 networks with different, non-trivial moving statistics."""
     import keras
 
-    from keras_sharpness.networks import batchnorm_layers, build_network
+    from keras_sharpness.layers import batchnorm_layers
+    from keras_sharpness.networks import build_network
 
     models = []
     for seed in (1, 2):
@@ -38,9 +39,9 @@ def _direct(model, x, y, mode, batch_size):
     """Keras' own evaluate (no TrainingLoss) in BN mode `mode`."""
     import keras
 
-    from keras_sharpness.networks import bn_mode
+    from keras_sharpness.layers import using_bn_eval
 
-    with bn_mode(model, mode):
+    with using_bn_eval(model, mode):
         model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                       metrics=["accuracy"])
         loss, acc = model.evaluate(x, y, batch_size=batch_size, verbose=0)
@@ -73,7 +74,7 @@ def test_alpha_zero_and_one_equal_direct_evaluation(semantics, mode):
     sb, lb = _models(data.info)
     before = [v.numpy().copy() for v in sb.weights + lb.weights]
     result = parametric.parametric_curve(
-        sb, lb, data, num_points=4, alpha_min=-1, alpha_max=2, bn_semantics=semantics,
+        sb, lb, data, num_points=4, alpha_min=-1, alpha_max=2, bn_eval=semantics,
         batch_size=32)
     assert result.alphas == pytest.approx([-1, 0, 1, 2])
     for index, model in ((1, sb), (2, lb)):
@@ -118,9 +119,9 @@ def test_recompute_at_the_ends_uses_fresh_statistics_not_the_stored_ones():
     data = _data()
     sb, lb = _models(data.info)
     result = parametric.parametric_curve(sb, lb, data, num_points=2, alpha_min=0,
-                                         alpha_max=1, bn_semantics="recompute",
+                                         alpha_max=1, bn_eval="recompute",
                                          batch_size=32)
     stored = _direct(sb, data.x_train, data.y_train, "moving", 32)[0]
     # The stored statistics were random; recomputed ones fit the data.
     assert result.train_loss[0] != pytest.approx(stored, rel=1e-3)
-    assert result.bn_semantics == "recompute" and np.all(np.isfinite(result.train_loss))
+    assert result.bn_eval == "recompute" and np.all(np.isfinite(result.train_loss))

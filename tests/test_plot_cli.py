@@ -31,12 +31,12 @@ def test_tiny_end_to_end_writes_figures_and_json_and_reuses_models(tmp_path):
         assert len(result[key]) == 7, key
     assert result["alphas"][0] == -1 and result["alphas"][-1] == 2
     assert all(0 <= a <= 1 for a in result["train_acc"] + result["test_acc"])
-    assert result["bn_semantics"] == "batch" and result["curve"] == "linear"
+    assert result["bn_eval"] == "batch" and result["curve"] == "linear"
     assert result["seed"] == 0 and "tensorflow" in result["versions"]
     assert result["flags"]["lb_batch_size"] == 100  # 0.5 of 200 samples
 
     run = json.loads((workdir / "run.json").read_text())
-    for key in ("network", "dataset", "data_dir", "bn_mode", "seed", "sb_batch_size",
+    for key in ("network", "dataset", "data_dir", "bn_eval", "seed", "sb_batch_size",
                 "lb_batch_size", "epochs", "versions"):
         assert key in run, key
     assert run["network"] == "F1" and run["dataset"] == "digits"

@@ -160,7 +160,7 @@ def test_a_spike_is_not_kept_the_best_epoch_is(tmp_path):
     for a, b in zip(model.get_weights(), snapshots[kept]):
         np.testing.assert_array_equal(a, b)
     # The recorded f is f of the kept weights, evaluated as the metric does.
-    objective = TrainingLoss(model, data.x_train, data.y_train, bn_mode="batch",
+    objective = TrainingLoss(model, data.x_train, data.y_train, bn_eval="batch",
                              batch_size=1000)
     f_kept, g = objective.value_and_gradient(objective.initial_point())
     np.testing.assert_allclose(history["kept"]["f"], f_kept, rtol=1e-6)

@@ -6,12 +6,12 @@ import numpy as np
 from keras_sharpness.layers import SwitchableBatchNormalization
 
 
-def tanh_bn_model(bn_mode="batch", inputs=5, classes=3, seed=0):
+def tanh_bn_model(bn_eval="batch", inputs=5, classes=3, seed=0):
     """Dense-tanh-BN-Dense: smooth, so finite differences are meaningful."""
     keras.utils.set_random_seed(seed)
     x = keras.Input((inputs,))
     h = keras.layers.Dense(4, activation="tanh")(x)
-    h = SwitchableBatchNormalization(eval_statistics=bn_mode)(h)
+    h = SwitchableBatchNormalization(bn_eval=bn_eval)(h)
     return keras.Model(x, keras.layers.Dense(classes)(h))
 
 

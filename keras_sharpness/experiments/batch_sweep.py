@@ -45,11 +45,11 @@ def run(data, network, workdir, *, dataset, batch_sizes, settings, training_kwar
     claim_workdir(workdir, {"experiment": "batch_sweep", "network": network,
                             "dataset": dataset, "seed": seed, "training": training_kwargs})
     x0 = initial_point(workdir / "x0.keras", network, data.info, seed=seed,
-                       bn_mode=settings.bn_mode)
+                       bn_eval=settings.bn_eval)
     points = []
     for batch in sizes:
         model = train_or_reuse(x0, network, data, workdir / f"batch{batch}.keras",
-                               batch_size=batch, seed=seed, bn_mode=settings.bn_mode,
+                               batch_size=batch, seed=seed, bn_eval=settings.bn_eval,
                                training_kwargs=training_kwargs, run_name=f"B={batch}",
                                verbose=verbose)
         key = {"batch": batch, "settings": settings.to_dict()}

@@ -85,7 +85,7 @@ def common_from_flags(FLAGS, experiment):
     data = load_arrays(dataset, data_dir=FLAGS.data_dir, train_size=FLAGS.train_size,
                        test_size=FLAGS.test_size, seed=FLAGS.seed)
     settings = MeasureSettings(eps=eps, subspace_dims=dims, maxiter=FLAGS.maxiter,
-                               start=FLAGS.start, bn_mode=FLAGS.bn_eval,
+                               start=FLAGS.start, bn_eval=FLAGS.bn_eval,
                                eval_batch_size=FLAGS.eval_batch_size,
                                num_samples=FLAGS.sharpness_samples, seed=FLAGS.seed,
                                subspace_scale=FLAGS.subspace_scale)

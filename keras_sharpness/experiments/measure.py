@@ -20,7 +20,7 @@ class MeasureSettings:
             p-dimensional subspace (Table 4: 100).
         maxiter: L-BFGS-B iterations (paper: 10).
         start: L-BFGS-B start point (see `keras_sharpness.metric`).
-        bn_mode: BatchNorm semantics at evaluation ("batch" = Keras 1 mode=2).
+        bn_eval: BatchNorm semantics at evaluation ("batch" = Keras 1 mode=2).
         eval_batch_size: fixed batch size of the objective.
         num_samples: sharpness on a seeded subset of the training set (None:
             all of it, as the paper). Accuracies always use whole splits.
@@ -32,7 +32,7 @@ class MeasureSettings:
     subspace_dims: tuple = (0, 100)
     maxiter: int = 10
     start: str = "zero"
-    bn_mode: str = "batch"
+    bn_eval: str = "batch"
     eval_batch_size: int = 1000
     num_samples: int = None
     seed: int = 0
@@ -56,7 +56,7 @@ class MeasureSettings:
 def _objective(model, x, y, settings, num_samples=None):
     from keras_sharpness.objective import TrainingLoss
 
-    return TrainingLoss(model, x, y, bn_mode=settings.bn_mode,
+    return TrainingLoss(model, x, y, bn_eval=settings.bn_eval,
                         batch_size=settings.eval_batch_size, num_samples=num_samples,
                         seed=settings.seed)
 
@@ -206,7 +206,7 @@ def claim_workdir(workdir, identity):
         io.write_json(path, identity)
 
 
-def train_or_reuse(x0, network, data, path, *, batch_size, seed, bn_mode, training_kwargs,
+def train_or_reuse(x0, network, data, path, *, batch_size, seed, bn_eval, training_kwargs,
                    run_name, callbacks=(), verbose=1):
     """Trains x0 at `batch_size` into `path` unless that checkpoint exists."""
     from keras_sharpness.training import resolve_batch_size, train_minimizer
@@ -223,7 +223,7 @@ def train_or_reuse(x0, network, data, path, *, batch_size, seed, bn_mode, traini
         x0, network, data.info, data.x_train, data.y_train, batch_size=batch,
         out_path=path, history_path=path.with_name(path.stem + "_history.json"),
         backup_dir=backups / path.stem, run_name=run_name, seed=seed,
-        bn_mode=bn_mode, verbose=verbose, callbacks=callbacks, **kwargs)
+        bn_eval=bn_eval, verbose=verbose, callbacks=callbacks, **kwargs)
     if backups.is_dir() and not any(backups.iterdir()):
         backups.rmdir()  # every run finished: no backup left to resume from
     return model

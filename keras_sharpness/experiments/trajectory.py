@@ -35,7 +35,7 @@ def run(data, network, workdir, *, dataset, epochs, every, settings, sb_batch_si
                             "seed": seed, "epochs": epochs, "every": every,
                             "sb_batch_size": sb_batch_size, "lb_batch_size": lb_batch_size})
     x0 = initial_point(workdir / "x0.keras", network, data.info, seed=seed,
-                       bn_mode=settings.bn_mode)
+                       bn_eval=settings.bn_eval)
     result = {"network": network, "dataset": dataset, "seed": seed, "epochs": epochs,
               "every": every, "settings": settings.to_dict()}
     curves = {}
@@ -43,7 +43,7 @@ def run(data, network, workdir, *, dataset, epochs, every, settings, sb_batch_si
         iterates = workdir / f"{name}_iterates"
         save = SaveEvery(every, iterates / "epoch{epoch:03d}.keras")
         train_or_reuse(x0, network, data, workdir / f"{name}.keras", batch_size=batch,
-                       seed=seed, bn_mode=settings.bn_mode, training_kwargs={"epochs": epochs},
+                       seed=seed, bn_eval=settings.bn_eval, training_kwargs={"epochs": epochs},
                        run_name=name.upper(), callbacks=(save,), verbose=verbose)
         points = []
         for epoch in range(every, epochs + 1, every):

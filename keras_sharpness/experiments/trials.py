@@ -38,7 +38,7 @@ def run_trial(data, network, trial_dir, *, dataset, seed, settings, training_kwa
     trial_dir = pathlib.Path(trial_dir)
     started = time.time()
     models = train_sb_lb(data, network, trial_dir, dataset=dataset, seed=seed,
-                         bn_mode=settings.bn_mode, verbose=verbose, **training_kwargs)
+                         bn_eval=settings.bn_eval, verbose=verbose, **training_kwargs)
     key = {"settings": settings.to_dict(), "run": _identity(models["record"])}
 
     def measure():

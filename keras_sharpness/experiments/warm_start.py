@@ -39,18 +39,18 @@ def run(data, network, workdir, *, dataset, sb_epochs, lb_epochs, every, setting
                             "every": every, "sb_batch_size": sb_batch_size,
                             "lb_batch_size": lb_batch_size})
     x0 = initial_point(workdir / "x0.keras", network, data.info, seed=seed,
-                       bn_mode=settings.bn_mode)
+                       bn_eval=settings.bn_eval)
     iterates = workdir / "sb_iterates"
     save = SaveEvery(every, iterates / "epoch{epoch:03d}.keras", first=True)
     train_or_reuse(x0, network, data, workdir / "sb.keras", batch_size=sb_batch_size,
-                   seed=seed, bn_mode=settings.bn_mode, training_kwargs={"epochs": sb_epochs},
+                   seed=seed, bn_eval=settings.bn_eval, training_kwargs={"epochs": sb_epochs},
                    run_name="SB", callbacks=(save,), verbose=verbose)
     starts = list(range(0, sb_epochs + 1, every))
     points = []
     for epoch in starts:
         sb_model = io.load_model(iterates / f"epoch{epoch:03d}.keras")
         lb_model = train_or_reuse(sb_model, network, data, workdir / f"lb_from{epoch:03d}.keras",
-                                  batch_size=lb_batch_size, seed=seed, bn_mode=settings.bn_mode,
+                                  batch_size=lb_batch_size, seed=seed, bn_eval=settings.bn_eval,
                                   training_kwargs={"epochs": lb_epochs},
                                   run_name=f"LB from SB epoch {epoch}", verbose=verbose)
         key = {"epoch": epoch, "settings": settings.to_dict()}
