@@ -1,6 +1,6 @@
-"""Data sets as arrays or `tf.data` pipelines, scaled to [0, 1], integer labels.
+"""Data sets as arrays, scaled to [0, 1], integer labels.
 
-One call, `load_arrays(source)` (or `load_dataset(source)` for `tf.data`),
+One call, `load_arrays(source)`,
 covers every source the experiments use:
 
 ========================  ==================================================
@@ -256,20 +256,6 @@ def load_arrays(source, *, data_dir=None, train_size=None, test_size=None, seed=
     if kind == "folder":
         data = data.shuffled(seed=0)  # listings are sorted by class
     return data
-
-
-def load_dataset(source, *, data_dir=None, train_size=None, test_size=None, seed=0):
-    """Loads a data set as unbatched `tf.data` pipelines of ``(x, label)``.
-
-    Same arguments as `load_arrays`. Returns ``(train, test, info)``.
-    """
-    import tensorflow as tf
-
-    data = load_arrays(source, data_dir=data_dir, train_size=train_size,
-                       test_size=test_size, seed=seed)
-    train = tf.data.Dataset.from_tensor_slices((data.x_train, data.y_train))
-    test = tf.data.Dataset.from_tensor_slices((data.x_test, data.y_test))
-    return train, test, data.info
 
 
 # --- TensorFlow Datasets ---------------------------------------------------
