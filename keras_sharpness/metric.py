@@ -257,7 +257,8 @@ class SharpnessResult:
     """Metric 2.1 at one point, with the settings that made it.
 
     Attributes:
-        phi: the sharpness, in percent of 1 + f0.
+        phi: the sharpness, in percent of 1 + f0 (``sharpness`` in `to_dict`
+            and in every record, `keras_sharpness.measure`).
         f0: f(x).
         fmax: the largest f found in the box (>= f0).
         f_final: f at the solver's final iterate.
@@ -288,7 +289,7 @@ class SharpnessResult:
         bn_eval, batch_size, num_samples: how f was evaluated.
     """
 
-    phi: float
+    phi: float = dataclasses.field(metadata={"record_name": "sharpness"})
     f0: float
     fmax: float
     f_final: float
@@ -316,7 +317,11 @@ class SharpnessResult:
     num_samples: int = None
 
     def to_dict(self):
-        return dataclasses.asdict(self)
+        """The fields as a JSON-ready dict, under the record schema's names
+        (the value is ``sharpness``, as in `keras_sharpness.measure`)."""
+        values = dataclasses.asdict(self)
+        return {f.metadata.get("record_name", f.name): values[f.name]
+                for f in dataclasses.fields(self)}
 
 
 def box_half_widths(subspace, x, eps):

@@ -1,29 +1,19 @@
 """What `compute_sharpness.py` does: sharpness and Hessian spectra of saved minimizers.
 
 Plain functions with explicit arguments; the entry point only reads flags.
-Each (model, eps) pair gives one record in ``sharpness.json``; the file is
-rewritten after every record, so an interrupted run keeps what it finished,
-and a rerun with the same settings reuses those records (``overwrite=False``)
-as long as the checkpoint file is unchanged (its SHA-256 is recorded).
+The measuring is `keras_sharpness.measure.sweep`, the one sweep every
+experiment uses too: each (model, eps) pair gives one record of its schema in
+``sharpness.json``, the file is rewritten after every record, so an
+interrupted run keeps what it finished, and a rerun with the same settings
+reuses those records (``overwrite=False``) as long as the checkpoint file is
+unchanged (its SHA-256 is recorded).
 """
 
 import math
 import pathlib
 import time
 
-import numpy as np
-
 from keras_sharpness.errors import UserError
-
-#: BN evaluation choices: the two modes, or the mode the model was saved with.
-BN_EVAL_CHOICES = ("batch", "moving", "model")
-
-#: Settings that identify a record: a rerun with the same ones reuses it.
-_RECORD_KEY = ("model", "checkpoint_sha256", "eps", "subspace_dim", "maxiter", "seed",
-               "start", "bn_eval", "batch_size", "num_samples", "subspace_scale")
-
-#: Fields of a `SharpnessResult` copied into every record: the solver's story.
-_SOLVER_FIELDS = ("phi_paper", "ascent", "converged", "solver_options")
 
 
 def parse_eps(values):
@@ -106,21 +96,6 @@ def locate_models(*, workdir=None, model=None, dataset=None, data_dir=None, outp
             "output": pathlib.Path(output) if output else default_output}
 
 
-def _key(record):
-    return tuple(record.get(k) for k in _RECORD_KEY)
-
-
-def _read_records(path):
-    from keras_sharpness.io import read_json
-
-    if not pathlib.Path(path).is_file():
-        return []
-    records = read_json(path)
-    if not isinstance(records, list):
-        raise UserError(f"{path} is not a list of sharpness records; move it away")
-    return records
-
-
 def compute(*, models, data, network, output, eps, subspace_dim=0, maxiter=10, seed=0,
             start="zero", bn_eval="batch", batch_size=1000, num_samples=None,
             hessian_topk=0, hessian_trace_probes=0, overwrite=False, echo=print,
@@ -132,7 +107,8 @@ def compute(*, models, data, network, output, eps, subspace_dim=0, maxiter=10, s
         data: keyword arguments for `keras_sharpness.data.load_arrays`; f is
             the mean cross-entropy over its training split.
         network: network name for the table (None: each model's name).
-        output: path of the JSON report (a list of records).
+        output: path of the JSON report (the record store of
+            `keras_sharpness.measure.sweep`).
         eps: list of box scales.
         subspace_dim, maxiter, seed, subspace_scale: as
             `keras_sharpness.metric.sharpness`.
@@ -150,132 +126,25 @@ def compute(*, models, data, network, output, eps, subspace_dim=0, maxiter=10, s
     Returns:
         The list of records computed or reused by this call.
     """
-    from keras_sharpness import data as data_lib
-    from keras_sharpness import hessian, io, metric, runs
-    from keras_sharpness.objective import TrainingLoss
+    from keras_sharpness import io
+    from keras_sharpness.data import load_arrays
+    from keras_sharpness.measure import MeasureSettings, sweep
 
-    starts = [s.strip() for s in str(start).split(",") if s.strip()]
-    if not starts:
-        raise UserError("give at least one --start")
-    for value in eps:
-        for one in starts:
-            metric.check_settings(value, subspace_dim, maxiter, one, None, subspace_scale)
-    start = ",".join(dict.fromkeys(starts))
-    if bn_eval not in BN_EVAL_CHOICES:
-        raise UserError(f"unknown --bn_eval {bn_eval!r}; choose one of "
-                        f"{', '.join(BN_EVAL_CHOICES)}")
-    if int(hessian_topk) != hessian_topk or hessian_topk < 0:
-        raise UserError(f"hessian_topk must be 0 (skip) or a positive integer, "
-                        f"got {hessian_topk!r}")
-    if int(hessian_trace_probes) != hessian_trace_probes or hessian_trace_probes < 0:
-        raise UserError(f"hessian_trace_probes must be 0 (skip) or a positive integer, "
-                        f"got {hessian_trace_probes!r}")
-    if int(batch_size) != batch_size or batch_size < 1:
-        raise UserError(f"batch_size must be a positive integer, got {batch_size!r}")
-    io.ensure_writable_dir(pathlib.Path(output).parent, "output directory")
-    # One writer per record file: a second process is refused at once.
+    settings = MeasureSettings(
+        eps=tuple(eps), subspace_dims=(subspace_dim,), maxiter=maxiter, start=start,
+        bn_eval=bn_eval, eval_batch_size=batch_size, num_samples=num_samples, seed=seed,
+        subspace_scale=subspace_scale, hessian_topk=hessian_topk,
+        hessian_trace_probes=hessian_trace_probes)
     output = pathlib.Path(output)
-    with runs.exclusive(output.parent, name=f".{output.name}.lock", what=str(output)):
-        # Fail on a bad checkpoint before the (possibly slow) data load.
-        loaded = [(label, path, io.load_model(path)) for label, path in models]
-        arrays = data_lib.load_arrays(**data)
-        all_records = _read_records(output)
-        existing = [] if overwrite else all_records
-        versions = io.versions()
-        done = []
-        # One A per number of weights (SB and LB share it): generated, and its
-        # A^T A formed, once for all models and eps.
-        subspaces = {}
-
-        for label, path, model in loaded:
-            digest = io.sha256(path)
-            objective = TrainingLoss(
-                model, arrays.x_train, arrays.y_train,
-                bn_eval=None if bn_eval == "model" else bn_eval,
-                batch_size=int(batch_size), num_samples=num_samples, seed=seed)
-            metric.check_settings(eps[0], subspace_dim, maxiter, starts[0], objective.num_params,
-                                     subspace_scale)
-            used_bn = objective.bn_eval or "none"
-            name = network or model.name
-            hessian_top = None
-            trace = None
-            for value in eps:
-                record_key = {"model": label, "checkpoint_sha256": digest, "eps": value,
-                              "subspace_dim": int(subspace_dim), "maxiter": int(maxiter),
-                              "seed": int(seed), "start": start, "bn_eval": used_bn,
-                              "batch_size": int(batch_size), "num_samples": num_samples,
-                              "subspace_scale": subspace_scale if subspace_dim else "identity"}
-                previous = [r for r in existing if _key(r) == _key(record_key)
-                            and (hessian_topk == 0 or len(r.get("hessian_top", [])) >= hessian_topk)
-                            and (hessian_trace_probes == 0 or r.get("hessian_trace"))]
-                if previous:
-                    echo(f"{label} eps={value:g}: reusing the record in {output}")
-                    done.append(previous[-1])
-                    continue
-                if hessian_top is None:
-                    hessian_top = []
-                    if hessian_topk:
-                        echo(f"{label}: top {hessian_topk} Hessian eigenvalues (Lanczos)...")
-                        eig = hessian.top_eigenvalues(objective, int(hessian_topk), seed=seed)
-                        hessian_top = eig.eigenvalues
-                        echo(f"{label}: Hessian top {[f'{e:.4g}' for e in hessian_top]} "
-                             f"({eig.products} products, {eig.seconds:.1f}s"
-                             f"{'' if eig.converged else ', NOT converged'})")
-                if trace is None and hessian_trace_probes:
-                    echo(f"{label}: Hessian trace, {hessian_trace_probes} Hutchinson probes...")
-                    trace = hessian.hessian_trace(objective, int(hessian_trace_probes),
-                                                  seed=seed).to_dict()
-                    echo(f"{label}: tr(H) = {trace['trace']:.4g} +- "
-                         f"{trace['standard_error']:.2g} ({trace['seconds']:.1f}s)")
-
-                def progress(p, label=label, value=value):
-                    echo(f"{label} eps={value:g} iter {p.iteration}/{maxiter}: f={p.f:.6g} "
-                         f"fmax={p.fmax:.6g} phi={p.phi:.4g} evals={p.evaluations} "
-                         f"{p.seconds:.1f}s")
-
-                n = objective.num_params
-                if n not in subspaces:
-                    subspaces[n] = metric.make_subspace(n, int(subspace_dim), int(seed),
-                                                           subspace_scale)
-                result, per_start = metric.sharpness_multistart(
-                    objective, starts=starts, eps=value, subspace_dim=int(subspace_dim),
-                    maxiter=int(maxiter), seed=int(seed), subspace=subspaces[n],
-                    progress=progress)
-                record = {
-                    **record_key,
-                    "network": name,
-                    "checkpoint": str(path),
-                    "dataset": data["source"],
-                    "f0": result.f0,
-                    "fmax": result.fmax,
-                    "sharpness": result.phi,
-                    "iterations": result.iterations,
-                    "evaluations": result.evaluations,
-                    "seconds": result.seconds,
-                    "hessian_top": list(hessian_top),
-                    "hessian_trace": trace,
-                    "num_params": result.num_params,
-                    "num_train_samples": objective.num_samples,
-                    "message": result.message,
-                    **{field: getattr(result, field) for field in _SOLVER_FIELDS},
-                    "best_start": result.start,
-                    "per_start": [{"start": r.start, "phi": r.phi, "phi_paper": r.phi_paper,
-                                   "iterations": r.iterations, "message": r.message}
-                                  for r in per_start] if len(per_start) > 1 else None,
-                    "versions": versions,
-                }
-                echo(f"{label} eps={value:g}: phi={result.phi:.4g} (f0={result.f0:.4g}, "
-                     f"fmax={result.fmax:.4g}, {result.iterations} iterations, "
-                     f"{result.seconds:.1f}s; {result.message})")
-                echo(f"{label} eps={value:g}: ascent (phi after iterations 1..{result.iterations}): "
-                     + ", ".join(f"{v:.3g}" for v in _ascent_summary(result.ascent)))
-                done.append(record)
-                all_records = [r for r in all_records if _key(r) != _key(record)] + [record]
-                io.write_json(output, all_records)
-        for line in format_table(done):
-            echo(line)
-        echo(f"wrote {output}")
-        return done
+    io.ensure_writable_dir(output.parent, "output directory")
+    # Checkpoints are loaded (a bad one refused) before the possibly slow data
+    # load, which happens only if some record must be computed.
+    done = sweep(models, lambda: load_arrays(**data), settings, output, network=network,
+                 dataset=data["source"], overwrite=overwrite, echo=echo)
+    for line in format_table(done):
+        echo(line)
+    echo(f"wrote {output}")
+    return done
 
 
 def format_table(records):
@@ -301,7 +170,7 @@ def format_table(records):
     for r in records:
         if r.get("per_start"):
             lines.append(f"{r['model']} eps={r['eps']:g} by start: " + ", ".join(
-                f"{s['start']} {s['phi']:.4g}" for s in r["per_start"])
+                f"{s['start']} {s['sharpness']:.4g}" for s in r["per_start"])
                 + f" (reported: the largest, from {r['best_start']})")
     lines += _meaning(rows)
     first = records[0]
@@ -333,14 +202,6 @@ def _meaning(rows):
                        "larger --maxiter, docs/sharpness.md)")
         lines.append(f"meaning ({space}, eps={value:g}): {verdict}")
     return lines
-
-
-def _ascent_summary(ascent, points=10):
-    """At most `points` values of the ascent, evenly spread, always the last."""
-    if len(ascent) <= points:
-        return ascent
-    picks = np.unique(np.linspace(0, len(ascent) - 1, points).round().astype(int))
-    return [ascent[i] for i in picks]
 
 
 def _number(value):

@@ -9,7 +9,7 @@ import pytest
 
 from keras_sharpness.data import ArrayData
 from keras_sharpness.experiments import batch_sweep, trajectory, trials, warm_start
-from keras_sharpness.experiments.measure import MeasureSettings
+from keras_sharpness.measure import MeasureSettings
 
 
 @pytest.fixture(autouse=True)
@@ -70,18 +70,80 @@ def test_trials_tables_and_resume(tiny, tmp_path, monkeypatch):
     # Why each run stopped, and a warning: 1 epoch is not convergence.
     assert [t["sb"]["stopped_because"] for t in stored["training_runs"]] == ["max_epochs"] * 2
     assert "**Not converged**" in text and "trial 1 LB (max_epochs)" in text
-    # maxiter 2 < 10: phi_paper is undefined, tables fall back to phi; no extra tables.
+    # maxiter 2 < 10: phi_paper is undefined, tables fall back to sharpness; no extra tables.
     assert "table3_at_maxiter" not in stored
+    # The records are the one schema, in the store compute_sharpness.py uses.
+    records = stored["per_trial"][0]["sb"]["sharpness"]
+    assert [(r["model"], r["subspace_dim"], r["eps"]) for r in records] == [
+        ("SB", 0, 1e-3), ("SB", 0, 5e-4), ("SB", 4, 1e-3), ("SB", 4, 5e-4)]
+    assert all("phi" not in r and r["checkpoint_sha256"] for r in records)
+    store = json.loads((tmp_path / "trial0" / "sharpness.json").read_text())
+    assert sorted(r["model"] for r in store) == ["LB"] * 4 + ["SB"] * 4
+    assert [r for r in store if r["model"] == "SB"] == records
 
-    # A finished trial is not run again: training and measuring are never called.
+    # A finished trial is not run again: training and measuring are never called,
+    # also where its measurements were stored by the version before one schema.
     def forbidden(*args, **kwargs):
         raise AssertionError("finished trial was recomputed")
 
+    old = json.loads((tmp_path / "trial1" / "measurements.json").read_text())
+    for name in ("sb", "lb"):
+        old["value"][name]["sharpness"] = [
+            {("phi" if k == "sharpness" else k): v for k, v in r.items()}
+            for r in old["value"][name]["sharpness"]]
+    (tmp_path / "trial1" / "measurements.json").write_text(json.dumps(old))
     monkeypatch.setattr("keras_sharpness.training.train_minimizer", forbidden)
     monkeypatch.setattr("keras_sharpness.experiments.trials.measure_model", forbidden)
     again, _ = trials.run(tiny, "F1", tmp_path, dataset="tiny", trials=2,
                           settings=SETTINGS, training_kwargs=TRAINING, verbose=0)
-    assert again["table3"] == stored["table3"]
+    assert again["table3"] == stored["table3"] and again["table4"] == stored["table4"]
+
+
+def _without_timings(record):
+    timings = ("seconds", "objective_seconds", "projection_seconds", "solver_seconds")
+    return {k: v for k, v in record.items() if k not in timings and k != "dataset"}
+
+
+def test_compute_sharpness_and_the_experiments_make_the_same_records(tiny, tmp_path,
+                                                                    monkeypatch):
+    from keras_sharpness import io, metric, sharpness_cli
+    from keras_sharpness.objective import TrainingLoss
+
+    settings = MeasureSettings(eps=(1e-3, 5e-4), subspace_dims=(0, 4), maxiter=3,
+                               eval_batch_size=32, seed=2)
+    trials.run(tiny, "F1", tmp_path, dataset="tiny", trials=1, settings=settings,
+               training_kwargs=TRAINING, verbose=0)
+    trial = tmp_path / "trial0"
+    measured = json.loads((trial / "measurements.json").read_text())["value"]
+    np.savez(tmp_path / "tiny.npz", x_train=tiny.x_train, y_train=tiny.y_train,
+             x_test=tiny.x_test, y_test=tiny.y_test)
+    models = [("SB", trial / "sb.keras"), ("LB", trial / "lb.keras")]
+    common = dict(models=models, data={"source": f"npz:{tmp_path / 'tiny.npz'}"}, network="F1",
+                  eps=[1e-3, 5e-4], maxiter=3, seed=2, batch_size=32, echo=lambda line: None)
+    # Recomputed by compute_sharpness.py into another file: the same records.
+    cli = [r for p in (0, 4) for r in sharpness_cli.compute(
+        output=tmp_path / "cli.json", subspace_dim=p, **common)]
+    by_cli = {(r["model"], r["subspace_dim"], r["eps"]): r for r in cli}
+    for name in ("sb", "lb"):
+        for r in measured[name]["sharpness"]:
+            assert _without_timings(r) == _without_timings(
+                by_cli[(r["model"], r["subspace_dim"], r["eps"])])
+    # The numbers are Metric 2.1 of the saved minimizer, as before one schema.
+    sb = io.load_model(trial / "sb.keras")
+    objective = TrainingLoss(sb, tiny.x_train, tiny.y_train, bn_eval="batch", batch_size=32,
+                             seed=2)
+    for r in measured["sb"]["sharpness"]:
+        direct = metric.sharpness(objective, eps=r["eps"], subspace_dim=r["subspace_dim"],
+                                  maxiter=3, seed=2)
+        assert r["sharpness"] == direct.phi > 0 and r["ascent"] == direct.ascent
+    # compute_sharpness.py --workdir trial0 reads and reuses the trial's records.
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a stored record was recomputed")
+
+    monkeypatch.setattr("keras_sharpness.metric.sharpness", forbidden)
+    reused = sharpness_cli.compute(output=trial / "sharpness.json", subspace_dim=4, **common)
+    assert reused == [r for name in ("sb", "lb") for r in measured[name]["sharpness"]
+                      if r["subspace_dim"] == 4]
 
 
 def test_batch_sweep_files(tiny, tmp_path):
@@ -209,9 +271,9 @@ def test_sensitivity_report_on_saved_trials_without_retraining(tiny, tmp_path, m
 
 def test_tables_use_the_paper_iterations_and_add_the_longer_run():
     def trial(sb, lb):
-        def model(phi_paper, phi):
+        def model(phi_paper, sharpness):
             return {"train_acc": 1.0, "test_acc": 0.9, "sharpness": [
-                {"subspace_dim": 0, "eps": 1e-3, "phi_paper": phi_paper, "phi": phi}]}
+                {"subspace_dim": 0, "eps": 1e-3, "phi_paper": phi_paper, "sharpness": sharpness}]}
         return {"sb": model(*sb), "lb": model(*lb), "distance_ratio": 5.0}
 
     settings = MeasureSettings(eps=(1e-3,), subspace_dims=(0,), maxiter=100)

@@ -2,7 +2,9 @@
 
 From one x0 (``--seed``), Adam trains a solution at every batch size in
 ``--batch_sizes`` (same epochs / convergence rule for all); each is measured
-(test accuracy on the whole test split, Metric 2.1 on the training set).
+(test accuracy on the whole test split, Metric 2.1 on the training set through
+the one sweep of `keras_sharpness.measure`, records labelled ``batch<B>`` in
+``<workdir>/sharpness.json``).
 
     python -m keras_sharpness.experiments.batch_sweep -n F1 \
         --dataset=npz:../shared/data/mnist-t10k-split.npz \
@@ -11,17 +13,14 @@ From one x0 (``--seed``), Adam trains a solution at every batch size in
 Writes ``<workdir>/batch_sweep.json`` and ``<figures_dir>/<network>_batch_sweep.{pdf,png}``.
 """
 
+import functools
 import pathlib
 import time
 
 from keras_sharpness import io
 from keras_sharpness.experiments import figures
-from keras_sharpness.experiments.measure import (
-    cached,
-    claim_workdir,
-    measure_model,
-    train_or_reuse,
-)
+from keras_sharpness.experiments.measure import cached, claim_workdir, train_or_reuse
+from keras_sharpness.measure import Subject, measure_model
 
 
 def phi_label(settings):
@@ -47,23 +46,26 @@ def run(data, network, workdir, *, dataset, batch_sizes, settings, training_kwar
     x0 = initial_point(workdir / "x0.keras", network, data.info, seed=seed,
                        bn_eval=settings.bn_eval)
     points = []
+    echo = functools.partial(print, flush=True) if verbose else None
     for batch in sizes:
-        model = train_or_reuse(x0, network, data, workdir / f"batch{batch}.keras",
+        path = workdir / f"batch{batch}.keras"
+        model = train_or_reuse(x0, network, data, path,
                                batch_size=batch, seed=seed, bn_eval=settings.bn_eval,
                                training_kwargs=training_kwargs, run_name=f"B={batch}",
                                verbose=verbose)
         key = {"batch": batch, "settings": settings.to_dict()}
-        measured = cached(workdir / f"batch{batch}_measurements.json", key, lambda: {
-            **measure_model(model, data, settings)})
+        measured = cached(workdir / f"batch{batch}_measurements.json", key, lambda: measure_model(
+            Subject(path.stem, model, path), data, settings, workdir / "sharpness.json",
+            network=network, dataset=dataset, echo=echo))
         points.append({"batch_size": batch, **measured})
         if verbose:
             print(f"B={batch}: test acc {100 * measured['test_acc']:.2f}%, "
-                  f"phi {measured['sharpness'][0]['phi']:.4g}", flush=True)
+                  f"phi {measured['sharpness'][0]['sharpness']:.4g}", flush=True)
     result = {"network": network, "dataset": dataset, "seed": seed,
               "batch_sizes": sizes,
               "test_acc": [p["test_acc"] for p in points],
               "train_acc": [p["train_acc"] for p in points],
-              "sharpness": [p["sharpness"][0]["phi"] for p in points],
+              "sharpness": [p["sharpness"][0]["sharpness"] for p in points],
               "sharpness_setting": {"eps": settings.eps[0], "subspace_dim": settings.subspace_dims[0]},
               "points": points, "settings": settings.to_dict(), "training": training_kwargs,
               "seconds": time.time() - started, "versions": io.versions()}

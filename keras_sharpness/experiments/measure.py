@@ -1,126 +1,16 @@
-"""Measurements shared by the experiments: accuracy and sharpness of a model."""
+"""What the experiments share besides measuring: work directories, training, memos.
 
-import dataclasses
-import functools
+Accuracy and sharpness of a model are measured by `keras_sharpness.measure`
+(one sweep, one record schema), imported from there.
+"""
+
 import json
 import pathlib
 
 import numpy as np
 
 from keras_sharpness import io
-
-
-@dataclasses.dataclass
-class MeasureSettings:
-    """How a minimizer is measured; recorded with every number.
-
-    Attributes:
-        eps: box scales of Metric 2.1 (paper: 1e-3 and 5e-4).
-        subspace_dims: 0 for the full space (Table 3), p for a random
-            p-dimensional subspace (Table 4: 100).
-        maxiter: L-BFGS-B iterations (paper: 10).
-        start: L-BFGS-B start point (see `keras_sharpness.metric`).
-        bn_eval: BatchNorm semantics at evaluation ("batch" = Keras 1 mode=2).
-        eval_batch_size: fixed batch size of the objective.
-        num_samples: sharpness on a seeded subset of the training set (None:
-            all of it, as the paper). Accuracies always use whole splits.
-        seed: seed of the random subspace and of the subset.
-        subspace_scale: scale of a random A (``"gaussian"`` or ``"normalized"``).
-    """
-
-    eps: tuple = (1e-3, 5e-4)
-    subspace_dims: tuple = (0, 100)
-    maxiter: int = 10
-    start: str = "zero"
-    bn_eval: str = "batch"
-    eval_batch_size: int = 1000
-    num_samples: int = None
-    seed: int = 0
-    subspace_scale: str = "gaussian"
-
-    #: Fields added after results were stored, with the value those results
-    #: were made with: left out of `to_dict` at that value, so stored
-    #: measurements keep matching their key.
-    ADDED_LATER = {"subspace_scale": "gaussian"}
-
-    def to_dict(self):
-        d = dataclasses.asdict(self)
-        d["eps"] = [float(e) for e in self.eps]
-        d["subspace_dims"] = [int(p) for p in self.subspace_dims]
-        for key, old in self.ADDED_LATER.items():
-            if d[key] == old:
-                del d[key]
-        return d
-
-
-def _objective(model, x, y, settings, num_samples=None):
-    from keras_sharpness.objective import TrainingLoss
-
-    return TrainingLoss(model, x, y, bn_eval=settings.bn_eval,
-                        batch_size=settings.eval_batch_size, num_samples=num_samples,
-                        seed=settings.seed)
-
-
-def accuracy_and_loss(model, data, settings, *, train_objective=None):
-    """Train/test mean cross-entropy and accuracy (fractions) on whole splits.
-
-    `train_objective`, if given, is a whole-training-set objective to reuse.
-    """
-    out = {}
-    for split, x, y in (("train", data.x_train, data.y_train), ("test", data.x_test, data.y_test)):
-        objective = (train_objective if split == "train" and train_objective is not None
-                     else _objective(model, x, y, settings))
-        loss, acc = objective.loss_and_accuracy(objective.initial_point())
-        out[f"{split}_loss"], out[f"{split}_acc"] = float(loss), float(acc)
-    return out
-
-
-def sharpness_records(model, data, settings, *, objective=None, progress=None):
-    """Metric 2.1 of `model` for each (subspace_dim, eps): a list of dicts.
-
-    `objective`, if given, is the training-set objective to measure (it must
-    match ``settings.num_samples``); otherwise one is built.
-    """
-    from keras_sharpness.metric import sharpness
-
-    if objective is None:
-        objective = _objective(model, data.x_train, data.y_train, settings,
-                               settings.num_samples)
-    records = []
-    for p in settings.subspace_dims:
-        subspace = _subspace(objective.num_params, int(p), settings.seed,
-                             settings.subspace_scale)
-        for e in settings.eps:
-            result = sharpness(objective, eps=float(e), subspace_dim=int(p),
-                               maxiter=settings.maxiter, seed=settings.seed,
-                               start=settings.start, progress=progress, subspace=subspace)
-            records.append(result.to_dict())
-    return records
-
-
-def measure_model(model, data, settings):
-    """Accuracy and loss on both splits plus the Metric 2.1 records.
-
-    When sharpness uses the whole training set, one objective (one clone of
-    the model, one trace) serves both the training accuracy and sharpness.
-    """
-    train = _objective(model, data.x_train, data.y_train, settings)
-    return {**accuracy_and_loss(model, data, settings, train_objective=train),
-            "sharpness": sharpness_records(
-                model, data, settings,
-                objective=train if settings.num_samples is None else None)}
-
-
-@functools.lru_cache(maxsize=1)
-def _subspace(n, p, seed, scale):
-    """A (a function of n, p, seed, scale), built once and shared by every eps and model.
-
-    Building a random A and its Gram matrix costs seconds for millions of
-    weights; SB and LB of one network, and every eps, use the same A.
-    """
-    from keras_sharpness.metric import make_subspace
-
-    return make_subspace(n, p, seed, scale)
+from keras_sharpness.measure import MeasureSettings  # noqa: F401  (experiments.flags builds it)
 
 
 def weight_distance(a, b):
@@ -133,7 +23,9 @@ def cached(path, key, compute):
     """Returns ``compute()``, stored in JSON at `path` and reused while `key` matches.
 
     An interrupted experiment re-run with the same flags finds every finished
-    measurement here and does not redo it.
+    measurement here and does not redo it. The file is read through
+    `keras_sharpness.io.read_json`, so one written by an earlier version
+    (e.g. sharpness records under ``phi``) is upgraded and reused.
     """
     path = pathlib.Path(path)
     if path.is_file():

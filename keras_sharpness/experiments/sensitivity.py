@@ -5,8 +5,9 @@ for every trial directory under ``--workdir`` and every combination of BN at
 evaluation x L-BFGS-B start x eps x space (full, or a random subspace with a
 given scale of A), it measures Metric 2.1 of the kept SB and LB minimizers,
 and of the last iterates where a run kept an earlier epoch, through the one
-sharpness sweep of ``compute_sharpness.py`` (`sharpness_cli.compute`, records
-in ``<trial>/sensitivity.json``, reused when run again). Each run lasts
+sharpness sweep (`keras_sharpness.measure.sweep`, the one of
+``compute_sharpness.py``; records in ``<trial>/sensitivity.json``, reused when
+run again). Each run lasts
 ``--maxiter`` iterations and its ascent gives phi after the paper's 10
 iterations and after all of them, so the iteration axis costs nothing extra.
 
@@ -20,6 +21,7 @@ std, trials with LB > SB, Wilcoxon and paired-t p-values, LB/SB with its
 bootstrap interval; at 10 iterations and at ``--maxiter``).
 """
 
+import functools
 import itertools
 import pathlib
 import re
@@ -74,12 +76,18 @@ def measure(workdir, *, bn_evals=("batch",), starts=("zero",), eps=(1e-3,),
     Returns:
         A list of ``(trial index, record)`` for every record of the grid.
     """
-    from keras_sharpness import sharpness_cli
+    from keras_sharpness import io, sharpness_cli
+    from keras_sharpness.data import load_arrays
+    from keras_sharpness.measure import MeasureSettings, Subject, sweep
 
     spaces = [parse_space(s) for s in spaces]
     for point in points:
         if point not in POINTS:
             raise UserError(f"unknown point {point!r}; choose from {', '.join(POINTS)}")
+    grid = [MeasureSettings(eps=tuple(eps), subspace_dims=(dim,), maxiter=maxiter, start=start,
+                            bn_eval=bn_eval, eval_batch_size=batch_size, num_samples=num_samples,
+                            seed=seed, subspace_scale=scale if dim else "gaussian")
+            for bn_eval, (dim, scale), start in itertools.product(bn_evals, spaces, starts)]
     trials = trial_dirs(workdir)
     out = []
     for t, trial in sorted(trials.items()):
@@ -95,15 +103,18 @@ def measure(workdir, *, bn_evals=("batch",), starts=("zero",), eps=(1e-3,),
                 models.append((f"{name.upper()}@{point}", path))
         if same_as_kept and "kept" not in points:
             models += [(f"{name}@kept", trial / f"{name.lower()}.keras") for name in same_as_kept]
-        for bn_eval, (dim, scale), start in itertools.product(bn_evals, spaces, starts):
-            echo(f"trial {t}: BN {bn_eval}, {'full space' if dim == 0 else f'p={dim} ({scale})'}, "
-                 f"start {start}, eps {', '.join(f'{e:g}' for e in eps)}")
-            records = sharpness_cli.compute(
-                models=models, data=located["data"], network=located["network"],
-                output=trial / "sensitivity.json", eps=list(eps), subspace_dim=dim,
-                subspace_scale=scale if dim else "gaussian", maxiter=maxiter, seed=seed,
-                start=start, bn_eval=bn_eval, batch_size=batch_size, num_samples=num_samples,
-                echo=lambda line: None)
+        # Each model and the data are loaded once for the whole grid (the data
+        # only if some record must be computed).
+        models = [Subject(label, io.load_model(path), path) for label, path in models]
+        training_data = functools.cache(functools.partial(load_arrays, **located["data"]))
+        for settings in grid:
+            dim = settings.subspace_dims[0]
+            echo(f"trial {t}: BN {settings.bn_eval}, "
+                 f"{'full space' if dim == 0 else f'p={dim} ({settings.subspace_scale})'}, "
+                 f"start {settings.start}, eps {', '.join(f'{e:g}' for e in eps)}")
+            records = sweep(models, training_data, settings, trial / "sensitivity.json",
+                            network=located["network"], dataset=located["data"]["source"],
+                            echo=None)
             out += [(t, r) for r in records if r["model"].endswith("@kept") and "kept" in points
                     or not r["model"].endswith("@kept")]
             out += [(t, {**r, "model": r["model"].replace("@kept", "@last")}) for r in records

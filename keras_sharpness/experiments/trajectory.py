@@ -1,7 +1,9 @@
 """Figure 6: sharpness against training cross-entropy along SB and LB training.
 
 SB and LB train from one x0 for ``--epochs``; every ``--every``-th epoch's
-iterate is measured (training cross-entropy and Metric 2.1).
+iterate is measured (training cross-entropy, and Metric 2.1 through the one
+sweep of `keras_sharpness.measure`: records labelled ``sb_epoch<E>`` /
+``lb_epoch<E>`` in ``<workdir>/sharpness.json``).
 
     python -m keras_sharpness.experiments.trajectory -n F1 \
         --dataset=npz:../shared/data/mnist-t10k-split.npz --epochs=50 --every=5
@@ -9,19 +11,15 @@ iterate is measured (training cross-entropy and Metric 2.1).
 Writes ``<workdir>/trajectory.json`` and ``<figures_dir>/<network>_trajectory.{pdf,png}``.
 """
 
+import functools
 import pathlib
 import time
 
 from keras_sharpness import io
 from keras_sharpness.experiments import figures
 from keras_sharpness.experiments.batch_sweep import phi_label
-from keras_sharpness.experiments.measure import (
-    SaveEvery,
-    cached,
-    claim_workdir,
-    measure_model,
-    train_or_reuse,
-)
+from keras_sharpness.experiments.measure import SaveEvery, cached, claim_workdir, train_or_reuse
+from keras_sharpness.measure import measure_model
 
 
 def run(data, network, workdir, *, dataset, epochs, every, settings, sb_batch_size,
@@ -39,6 +37,7 @@ def run(data, network, workdir, *, dataset, epochs, every, settings, sb_batch_si
     result = {"network": network, "dataset": dataset, "seed": seed, "epochs": epochs,
               "every": every, "settings": settings.to_dict()}
     curves = {}
+    echo = functools.partial(print, flush=True) if verbose else None
     for name, batch in (("sb", sb_batch_size), ("lb", lb_batch_size)):
         iterates = workdir / f"{name}_iterates"
         save = SaveEvery(every, iterates / "epoch{epoch:03d}.keras")
@@ -47,17 +46,20 @@ def run(data, network, workdir, *, dataset, epochs, every, settings, sb_batch_si
                        run_name=name.upper(), callbacks=(save,), verbose=verbose)
         points = []
         for epoch in range(every, epochs + 1, every):
-            model = io.load_model(iterates / f"epoch{epoch:03d}.keras")
+            checkpoint = iterates / f"epoch{epoch:03d}.keras"
             key = {"epoch": epoch, "settings": settings.to_dict()}
             measured = cached(workdir / f"{name}_epoch{epoch:03d}_measurements.json", key,
-                              lambda: measure_model(model, data, settings))
+                              lambda: measure_model(
+                                  (f"{name}_epoch{epoch:03d}", checkpoint), data, settings,
+                                  workdir / "sharpness.json", network=network, dataset=dataset,
+                                  echo=echo))
             points.append({"epoch": epoch, **measured})
             if verbose:
                 print(f"{name.upper()} epoch {epoch}: train CE {measured['train_loss']:.4g}, "
-                      f"phi {measured['sharpness'][0]['phi']:.4g}", flush=True)
+                      f"phi {measured['sharpness'][0]['sharpness']:.4g}", flush=True)
         result[name] = {"batch_size": batch, "epochs": [p["epoch"] for p in points],
                         "train_loss": [p["train_loss"] for p in points],
-                        "sharpness": [p["sharpness"][0]["phi"] for p in points],
+                        "sharpness": [p["sharpness"][0]["sharpness"] for p in points],
                         "points": points}
         curves[f"{name.upper()} (batch {batch})"] = (
             result[name]["train_loss"], result[name]["sharpness"], result[name]["epochs"])

@@ -3,8 +3,11 @@
 Trial t (seed t) trains SB and LB from its own random x0 in
 ``<workdir>/trial<t>/`` (`keras_sharpness.training.train_sb_lb`), then
 measures accuracy on the whole splits and Metric 2.1 for every eps, in the
-full space (Table 3) and in a random subspace (Table 4). Finished trainings
-and measurements are reused when the command runs again.
+full space (Table 3) and in a random subspace (Table 4), through the one
+sweep (`keras_sharpness.measure`): records in ``trial<t>/sharpness.json``,
+the file ``compute_sharpness.py --workdir=<workdir>/trial<t>`` reads and
+writes too. Finished trainings and measurements are reused when the command
+runs again.
 
     python -m keras_sharpness.experiments.trials --network=F1 \
         --dataset=npz:../shared/data/mnist-t10k-split.npz --trials=5
@@ -12,17 +15,14 @@ and measurements are reused when the command runs again.
 Writes ``<workdir>/tables.json`` and ``<workdir>/tables.md``.
 """
 
+import functools
 import pathlib
 import time
 
 from keras_sharpness import io, reports
+from keras_sharpness.experiments.measure import cached, weight_distance
+from keras_sharpness.measure import MeasureSettings, Subject, measure_model
 from keras_sharpness.statistics import format_comparison, paired_comparison
-from keras_sharpness.experiments.measure import (
-    MeasureSettings,
-    cached,
-    measure_model,
-    weight_distance,
-)
 
 
 def run_trial(data, network, trial_dir, *, dataset, seed, settings, training_kwargs,
@@ -30,8 +30,9 @@ def run_trial(data, network, trial_dir, *, dataset, seed, settings, training_kwa
     """Trains SB/LB for one seed (or reuses them) and measures both.
 
     Returns:
-        dict: ``seed``, ``sb``/``lb`` (accuracy, loss, ``sharpness`` records),
-        ``distance_ratio`` = ||x_SB - x0|| / ||x_LB - x0||, ``seconds``.
+        dict: ``seed``, ``sb``/``lb`` (accuracy, loss, ``sharpness`` records
+        labelled ``SB`` / ``LB``), ``distance_ratio`` = ||x_SB - x0|| /
+        ||x_LB - x0||, ``seconds``.
     """
     from keras_sharpness.training import train_sb_lb
 
@@ -46,7 +47,10 @@ def run_trial(data, network, trial_dir, *, dataset, seed, settings, training_kwa
         for name in ("sb", "lb"):
             if verbose:
                 print(f"trial {seed}: measuring {name.upper()}", flush=True)
-            out[name] = measure_model(models[name], data, settings)
+            out[name] = measure_model(
+                Subject(name.upper(), models[name], trial_dir / f"{name}.keras"), data, settings,
+                trial_dir / "sharpness.json", network=network, dataset=dataset,
+                echo=functools.partial(print, flush=True) if verbose else None)
         out["distance_ratio"] = (weight_distance(models["sb"], models["x0"])
                                  / max(weight_distance(models["lb"], models["x0"]), 1e-300))
         out["batch_sizes"] = {"sb": models["record"]["sb_batch_size"],
@@ -86,13 +90,14 @@ def _history(path):
 
 
 def _phi(trial, name, p, eps, field="phi_paper"):
-    """phi of one trial's model: after the paper's 10 iterations (``phi_paper``)
-    or after all ``maxiter`` (``phi``); records from before ``phi_paper``
-    existed, or of runs shorter than 10 iterations, give ``phi``."""
+    """phi of one trial's model from its records: after the paper's 10
+    iterations (``phi_paper``) or after all ``maxiter`` (``sharpness``);
+    records from before ``phi_paper`` existed, or of runs shorter than 10
+    iterations, give ``sharpness``."""
     for r in trial[name]["sharpness"]:
         if r["subspace_dim"] == p and abs(r["eps"] - eps) <= 1e-12 * max(1.0, eps):
             value = r.get(field)
-            return r["phi"] if value is None else value
+            return r["sharpness"] if value is None else value
     return None
 
 
@@ -127,7 +132,9 @@ def tables(trials, network, settings):
     # p = 100), both after the paper's 10 iterations; with --maxiter > 10 the
     # same after all iterations too ("..._at_maxiter").
     random_dims = [p for p in settings.subspace_dims if p > 0]
-    fields = [("", "phi_paper")] + ([("_at_maxiter", "phi")] if settings.maxiter > 10 else [])
+    fields = [("", "phi_paper")]
+    if settings.maxiter > 10:
+        fields.append(("_at_maxiter", "sharpness"))
     for table, p in (("table3", 0 if 0 in settings.subspace_dims else None),
                      ("table4", random_dims[0] if random_dims else None)):
         if p is None:

@@ -11,20 +11,15 @@ iterate's test accuracy, the LB solution's test accuracy and its sharpness.
 Writes ``<workdir>/warm_start.json`` and ``<figures_dir>/<network>_warm_start.{pdf,png}``.
 """
 
+import functools
 import pathlib
 import time
 
 from keras_sharpness import io
 from keras_sharpness.experiments import figures
 from keras_sharpness.experiments.batch_sweep import phi_label
-from keras_sharpness.experiments.measure import (
-    SaveEvery,
-    accuracy_and_loss,
-    cached,
-    claim_workdir,
-    measure_model,
-    train_or_reuse,
-)
+from keras_sharpness.experiments.measure import SaveEvery, cached, claim_workdir, train_or_reuse
+from keras_sharpness.measure import Subject, accuracy_and_loss, measure_model
 
 
 def run(data, network, workdir, *, dataset, sb_epochs, lb_epochs, every, settings,
@@ -47,27 +42,31 @@ def run(data, network, workdir, *, dataset, sb_epochs, lb_epochs, every, setting
                    run_name="SB", callbacks=(save,), verbose=verbose)
     starts = list(range(0, sb_epochs + 1, every))
     points = []
+    echo = functools.partial(print, flush=True) if verbose else None
     for epoch in starts:
         sb_model = io.load_model(iterates / f"epoch{epoch:03d}.keras")
-        lb_model = train_or_reuse(sb_model, network, data, workdir / f"lb_from{epoch:03d}.keras",
+        lb_path = workdir / f"lb_from{epoch:03d}.keras"
+        lb_model = train_or_reuse(sb_model, network, data, lb_path,
                                   batch_size=lb_batch_size, seed=seed, bn_eval=settings.bn_eval,
                                   training_kwargs={"epochs": lb_epochs},
                                   run_name=f"LB from SB epoch {epoch}", verbose=verbose)
         key = {"epoch": epoch, "settings": settings.to_dict()}
         measured = cached(workdir / f"from{epoch:03d}_measurements.json", key, lambda: {
             "sb": accuracy_and_loss(sb_model, data, settings),
-            "lb": measure_model(lb_model, data, settings)})
+            "lb": measure_model(Subject(lb_path.stem, lb_model, lb_path), data, settings,
+                                workdir / "sharpness.json", network=network, dataset=dataset,
+                                echo=echo)})
         points.append({"sb_epoch": epoch, **measured})
         if verbose:
             print(f"from SB epoch {epoch}: SB test {100 * measured['sb']['test_acc']:.2f}%, "
                   f"LB test {100 * measured['lb']['test_acc']:.2f}%, "
-                  f"LB phi {measured['lb']['sharpness'][0]['phi']:.4g}", flush=True)
+                  f"LB phi {measured['lb']['sharpness'][0]['sharpness']:.4g}", flush=True)
     result = {"network": network, "dataset": dataset, "seed": seed, "sb_epochs": sb_epochs,
               "lb_epochs": lb_epochs, "every": every, "sb_batch_size": sb_batch_size,
               "lb_batch_size": lb_batch_size, "start_epochs": starts,
               "sb_test_acc": [p["sb"]["test_acc"] for p in points],
               "lb_test_acc": [p["lb"]["test_acc"] for p in points],
-              "lb_sharpness": [p["lb"]["sharpness"][0]["phi"] for p in points],
+              "lb_sharpness": [p["lb"]["sharpness"][0]["sharpness"] for p in points],
               "points": points, "settings": settings.to_dict(),
               "seconds": time.time() - started, "versions": io.versions()}
     io.write_json(workdir / "warm_start.json", result)
