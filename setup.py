@@ -17,6 +17,18 @@ TF_DISTRIBUTIONS = ("tensorflow", "tensorflow-cpu", "tensorflow-macos",
                     "tensorflow-intel")
 TF_MINIMUM = "2.16"  # first TensorFlow whose `keras` is Keras 3
 
+#: The commands, installed on PATH; each runs what its script or module runs
+#: (`keras_sharpness.commands`). tests/test_commands.py reads this list.
+CONSOLE_SCRIPTS = [
+    "ks-plot = keras_sharpness.commands:plot",  # plot_parametric_plot.py
+    "ks-sharpness = keras_sharpness.commands:sharpness",  # compute_sharpness.py
+    "ks-trials = keras_sharpness.commands:trials",
+    "ks-batch-sweep = keras_sharpness.commands:batch_sweep",
+    "ks-warm-start = keras_sharpness.commands:warm_start",
+    "ks-trajectory = keras_sharpness.commands:trajectory",
+    "ks-sensitivity = keras_sharpness.commands:sensitivity",
+]
+
 
 def _installed(distribution):
     """Whether `distribution` is installed for this interpreter.
@@ -68,4 +80,5 @@ setup(
         "pillow>=9.0",  # decodes `folder:` image data sets
     ],
     extras_require={"test": ["pytest>=7"]},
+    entry_points={"console_scripts": CONSOLE_SCRIPTS},
 )

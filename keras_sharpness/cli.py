@@ -41,21 +41,29 @@ def quiet_tensorflow():
 CHECK_FLAGS_ONLY = "KERAS_SHARPNESS_CHECK_FLAGS_ONLY"
 
 
-def define_stop_rule_flags():
-    """The training length flags every training command shares (one definition)."""
+def define_stop_rule_flags(flag_values=None):
+    """The training length flags every training command shares (one definition).
+
+    They set the fields of the same name of `keras_sharpness.config.TrainingSettings`.
+    """
     from absl import flags
 
+    fv = flags.FLAGS if flag_values is None else flag_values
     flags.DEFINE_integer("epochs", 20, "Epochs of each run without --until_converged "
-                         "(20, as released).")
+                         "(20, as released).", flag_values=fv)
     flags.DEFINE_bool("until_converged", False, "Train until f over the training set stops "
                       "improving (--patience, --min_delta, --relative_min_delta), at most "
-                      "--max_epochs; the epoch with the lowest f is kept either way.")
+                      "--max_epochs; the epoch with the lowest f is kept either way.",
+                      flag_values=fv)
     flags.DEFINE_integer("patience", 10, "Epochs without improvement of f before stopping "
-                         "(Adam's f is noisy from epoch to epoch at small batches).")
-    flags.DEFINE_float("min_delta", 1e-4, "Smallest decrease of the training-set f that counts.")
+                         "(Adam's f is noisy from epoch to epoch at small batches).",
+                         flag_values=fv)
+    flags.DEFINE_float("min_delta", 1e-4, "Smallest decrease of the training-set f that "
+                       "counts.", flag_values=fv)
     flags.DEFINE_float("relative_min_delta", 0.0, "Smallest decrease of f, relative to the "
-                       "best f, that counts (the larger of the two applies).")
-    flags.DEFINE_integer("max_epochs", 500, "Epoch cap with --until_converged.")
+                       "best f, that counts (the larger of the two applies).", flag_values=fv)
+    flags.DEFINE_integer("max_epochs", 500, "Epoch cap with --until_converged.",
+                         flag_values=fv)
 
 
 def default_verbosity():
@@ -78,7 +86,10 @@ def quiet_library_logs():
 
 
 def check_finite_flags():
-    """Every float flag must be a finite number: one place for all commands.
+    """Every float flag must be a finite number (commands without a settings object).
+
+    Commands that build settings (`keras_sharpness.config`) check every value
+    there instead.
 
     Raises:
         UserError: naming the first flag set to inf or NaN.
@@ -95,31 +106,67 @@ def check_finite_flags():
             raise UserError(f"--{name} must be a finite number, got {value}")
 
 
-def run(main):
+def list_package_flags_in_help():
+    """Makes ``--help`` list the flags the package defined for this command.
+
+    absl's ``--help`` shows the key flags of the main module only; flags
+    defined by package functions (`define_stop_rule_flags`, the commands of
+    `keras_sharpness.commands`, the experiments' common flags) are made key
+    flags of it.
+    """
+    from absl import flags
+
+    fv = flags.FLAGS
+    for module, defined in list(fv.flags_by_module_dict().items()):
+        if module.split(".")[0] == "keras_sharpness":
+            for flag in defined:
+                fv.register_key_flag_for_module(sys.argv[0], flag)
+
+
+def run(main, settings_from_flags=None, *, doc=None):
     """Run an absl `main`, turning known bad input into one line and exit 2.
 
-    Flags are parsed before TensorFlow is imported (`quiet_tensorflow` runs
-    between parsing and `main`), so ``--help`` and flag errors answer at once.
+    Flags are parsed (``--flagfile=FILE`` reads them from a file) and checked
+    before TensorFlow is imported (`quiet_tensorflow` runs between checking
+    and `main`), so ``--help`` and bad flags answer at once. With
+    `settings_from_flags` (e.g. `keras_sharpness.config.PlotCommand.from_flags`)
+    the command's settings object is built from the parsed flags, which checks
+    every value, and `main` is called with it instead of the leftover
+    arguments; without it, float flags are checked to be finite. Positional
+    arguments are refused.
+
     `UserError` (unknown network, bad flag value, missing or corrupt file,
     unreachable data) prints ``error: <message>`` to stderr; so do absl flag
     errors, which absl already reports in one line. Anything else is a bug and
     keeps its traceback.
+
+    Args:
+        main: ``main(settings)`` with `settings_from_flags`, else ``main(argv)``.
+        settings_from_flags: ``settings_from_flags(absl.flags.FLAGS)`` builds
+            the command's settings or raises `UserError`.
+        doc: the usage text ``--help`` prints (instead of the main module's
+            docstring; a console script's main module has none).
     """
     from absl import app
 
     from keras_sharpness.errors import UserError
 
     def guarded(argv):
+        from absl import flags
+
         try:
             if len(argv) > 1:
                 raise UserError(f"unexpected arguments: {' '.join(argv[1:])} (flags are "
                                 f"written --name=value)")
-            check_finite_flags()
+            if settings_from_flags is None:
+                check_finite_flags()
+            else:
+                settings = settings_from_flags(flags.FLAGS)
             if os.environ.get(CHECK_FLAGS_ONLY):
                 return 0  # flags parsed and checked: the documentation test stops here
             quiet_library_logs()
             quiet_tensorflow()
-            return main(argv)
+            return main(argv) if settings_from_flags is None else main(settings)
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
@@ -138,4 +185,7 @@ def run(main):
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
 
+    if doc:
+        sys.modules["__main__"].__doc__ = doc  # what absl's usage prints
+    list_package_flags_in_help()
     app.run(guarded, flags_parser=parse_flags)

@@ -583,15 +583,102 @@ def canonical_source(source):
     return str(source)
 
 
+def run_identity(settings):
+    """What defines a run directory's checkpoints: the `IDENTITY_KEYS` (except
+    ``keeps``) of resolved `keras_sharpness.config.RunSettings`, valued as
+    ``run.json`` records them (settings a run does not use are None)."""
+    t, d = settings.training, settings.data
+    converged = t.until_converged
+    options = t.remedies
+    return {
+        "network": t.network, "dataset": d.dataset, "seed": t.seed,
+        "train_size": d.train_size,
+        "sb_batch_size": t.sb_batch_size, "lb_batch_size": t.lb_batch_size,
+        "epochs": None if converged else t.epochs,
+        "until_converged": converged,
+        "patience": t.patience if converged else None,
+        "min_delta": t.min_delta if converged else None,
+        "max_epochs": t.max_epochs if converged else None,
+        "relative_min_delta": t.relative_min_delta if converged else None,
+        "eval_batch_size": t.eval_batch_size,
+        "accumulation_steps": t.accumulation_steps,
+        **options.record(),
+        "remedies_apply_to": t.remedies_apply_to if options.any else None,
+    }
+
+
+def run_manifest(settings, info, *, lb_batch_size_requested, status):
+    """The ``run.json`` of a run directory.
+
+    Args:
+        settings: the run's `keras_sharpness.config.RunSettings`, resolved
+            against the data (batch sizes in samples, absolute paths).
+        info: `keras_sharpness.data.DataInfo` of the loaded data.
+        lb_batch_size_requested: the LB batch as asked (a fraction, or the
+            default chosen for the data).
+        status: ``"training"`` until both minimizers are saved, then
+            ``"finished"``.
+
+    Returns:
+        A dict: the identity (`run_identity`) and the other settings as flat
+        keys, which readers of every version use (``compute_sharpness.py
+        --workdir``, the trials), ``settings`` (``settings.to_dict()``, what
+        a resumed run is compared with), ``status``, seeds and versions.
+    """
+    t, d = settings.training, settings.data
+    return {
+        **run_identity(settings),
+        "data_dir": d.data_dir, "bn_eval": t.bn_eval,
+        # Seed of the train/test subsets (`load_arrays(..., seed=)`), when it
+        # differs from the run's seed (e.g. trials of one data subset).
+        "data_seed": d.seed,
+        "test_size": d.test_size,
+        "data": info.to_dict(),
+        "lb_batch_size_requested": float(lb_batch_size_requested),
+        # Which epoch a run keeps: the one with the lowest training-set f.
+        "keeps": "best",
+        "strategy": t.strategy,
+        "optimizer": "Adam (Keras defaults)",
+        "status": status,
+        "settings": settings.to_dict(),
+        "versions": io.versions(),
+    }
+
+
+def recorded_identity(record):
+    """The identity of the run a ``run.json`` (of any version) describes.
+
+    A manifest with ``settings`` is read through
+    `keras_sharpness.config.RunSettings` (so it is checked too); one written
+    before manifests recorded settings holds the identity as flat keys, and
+    keys added since then take the values such runs were made with
+    (`IDENTITY_DEFAULTS`).
+
+    Raises:
+        CheckpointError: ``settings`` that are not valid settings.
+    """
+    if "settings" not in record:
+        return {**IDENTITY_DEFAULTS, **{k: record[k] for k in IDENTITY_KEYS if k in record}}
+    from keras_sharpness.config import RunSettings
+
+    try:
+        settings = RunSettings.from_dict(record["settings"])
+    except UserError as e:
+        raise CheckpointError(f"run.json holds settings this version cannot read ({e}); "
+                              f"use another --workdir") from None
+    return {**run_identity(settings), "keeps": record.get("keeps", IDENTITY_DEFAULTS["keeps"])}
+
+
 def check_workdir(workdir, record):
     """Refuses a work directory whose checkpoints belong to another run.
 
     Args:
         workdir: the directory.
-        record: the run's identity (at least `IDENTITY_KEYS`).
+        record: the new run's manifest (`run_manifest`; a dict of flat
+            `IDENTITY_KEYS` is accepted too).
 
     Raises:
-        CheckpointError: one line saying what differs.
+        CheckpointError: one line naming the settings that differ.
     """
     workdir = pathlib.Path(workdir)
     run_json = workdir / "run.json"
@@ -606,116 +693,90 @@ def check_workdir(workdir, record):
         old = io.read_json(run_json)
     except CheckpointError:
         raise CheckpointError(f"{run_json} is corrupt; use another --workdir or delete it") from None
-    if old.get("network") != record["network"] or old.get("dataset") != record["dataset"]:
+    old, new = recorded_identity(old), recorded_identity(record)
+    if old.get("network") != new["network"] or old.get("dataset") != new["dataset"]:
         raise CheckpointError(
             f"workdir {workdir} holds checkpoints of network {old.get('network')} on "
-            f"{old.get('dataset')}, not {record['network']} on {record['dataset']}; use "
+            f"{old.get('dataset')}, not {new['network']} on {new['dataset']}; use "
             f"another --workdir")
-    old, record = {**IDENTITY_DEFAULTS, **old}, {**IDENTITY_DEFAULTS, **record}
-    differ = [k for k in IDENTITY_KEYS if k in old and old[k] != record.get(k)]
+    differ = [k for k in IDENTITY_KEYS if k in old and old[k] != new.get(k)]
     if differ and checkpoints:
-        diffs = ", ".join(f"{k}={old[k]!r} (now {record.get(k)!r})" for k in differ)
+        diffs = ", ".join(f"{k}={old[k]!r} (now {new.get(k)!r})" for k in differ)
         raise CheckpointError(f"workdir {workdir} was made with {diffs}; use another "
                               f"--workdir or the same flags")
 
 
-def train_sb_lb(data, network, workdir, *, dataset, data_dir=None, sb_batch_size=256,
-                lb_batch_size=None, epochs=20, until_converged=False, patience=10,
-                min_delta=1e-4, max_epochs=500, seed=0, strategy="default",
-                accumulation_steps=1, bn_eval="batch", train_size=None,
-                test_size=None, verbose=1, callbacks=(), augment=False,
-                conservative_lambda=0.0, conservative_steps=3, adversarial_eps=0.0,
-                adversarial_clean_weight=0.5, remedies_apply_to="lb", data_seed=None,
-                relative_min_delta=0.0, eval_batch_size=1000):
+def train_sb_lb(data, settings, workdir, *, verbose=1, callbacks=(), **keywords):
     """Trains (or reuses) the SB and LB minimizers from one x0 in `workdir`.
 
     The work directory holds ``x0.keras``, ``sb.keras``, ``lb.keras``,
     ``sb_history.json``, ``lb_history.json``, ``backups/{sb,lb}/`` while a run
-    is unfinished, and ``run.json`` (network, dataset, data_dir, bn_eval, seed,
-    batch sizes, epochs, Appendix E remedies, versions...). Accumulation
-    applies to LB only; the remedies to the runs named by `remedies_apply_to`.
+    is unfinished, and ``run.json`` (`run_manifest`: the settings, resolved
+    against the data, seeds, status and versions). A work directory made with
+    other settings is refused before anything is written (`check_workdir`).
+    Accumulation applies to LB only; the remedies to the runs named by
+    ``remedies_apply_to``.
 
     Args:
-        data: `keras_sharpness.data.ArrayData`.
-        network: canonical network name.
+        data: `keras_sharpness.data.ArrayData`, loaded as ``settings.data`` says.
+        settings: `keras_sharpness.config.RunSettings`. Earlier versions took
+            the network name here and the settings as keyword arguments
+            (``dataset=``, ``sb_batch_size=``, ..., ``data_seed=``); that call
+            still works (`RunSettings.from_keywords`).
         workdir: the work directory.
-        dataset: the data source string (recorded, checked against the workdir).
-        data_dir: recorded in ``run.json``.
-        sb_batch_size, lb_batch_size: counts, or fractions (< 1) of the
-            training set; ``lb_batch_size=None`` is `default_lb_batch_size`.
-        train_size, test_size: subset sizes requested (recorded).
-        data_seed: seed the subsets were drawn with (recorded; default `seed`).
-        augment, conservative_lambda, conservative_steps, adversarial_eps,
-            adversarial_clean_weight: Appendix E remedies, see
-            `train_minimizer` and `keras_sharpness.remedies`.
-        remedies_apply_to: ``"lb"`` (default), ``"sb"`` or ``"both"``.
-        relative_min_delta, eval_batch_size: the stop rule and the per-epoch
-            f (`train_minimizer`).
-        Other arguments: see `train_minimizer`.
+        verbose: `fit` verbosity (0 silent, 1 progress bars, 2 one line per epoch).
+        callbacks: more Keras callbacks for both runs (`train_minimizer`).
 
     Returns:
         dict with ``x0``, ``sb``, ``lb`` (models) and ``record`` (run.json).
 
     Raises:
-        UserError: bad batch sizes, a foreign work directory, divergence.
+        UserError: batch sizes the data does not allow, remedies it cannot
+            take, a foreign work directory, divergence.
     """
+    from keras_sharpness.config import RunSettings
+
+    if isinstance(settings, str):
+        settings = RunSettings.from_keywords(settings, **keywords)
+    elif keywords:
+        raise TypeError(f"train_sb_lb takes its settings in `settings`, not as keywords "
+                        f"({', '.join(sorted(keywords))})")
     workdir = pathlib.Path(workdir)
+    t = settings.training
     n = data.info.train_size
-    if lb_batch_size is None:
-        lb_batch_size = default_lb_batch_size(n)
-        if verbose and lb_batch_size != RELEASED_LB_BATCH_SIZE:
+    lb_requested = t.lb_batch_size
+    if lb_requested is None:
+        lb_requested = default_lb_batch_size(n)
+        if verbose and lb_requested != RELEASED_LB_BATCH_SIZE:
             print(f"LB batch: the released {RELEASED_LB_BATCH_SIZE} does not fit "
                   f"{n} training samples twice; using the paper's 10 % "
-                  f"({resolve_batch_size(lb_batch_size, n)}); --lb_batch_size chooses",
+                  f"({resolve_batch_size(lb_requested, n)}); --lb_batch_size chooses",
                   flush=True)
-    sb = resolve_batch_size(sb_batch_size, n, name="SB batch size")
-    lb = resolve_batch_size(lb_batch_size, n, name="LB batch size")
-    remedies = remedies_lib.Remedies(
-        augment=bool(augment), conservative_lambda=float(conservative_lambda),
-        conservative_steps=int(conservative_steps), adversarial_eps=float(adversarial_eps),
-        adversarial_clean_weight=float(adversarial_clean_weight))
-    if remedies_apply_to not in remedies_lib.APPLY_TO:
-        raise UserError(f"remedies_apply_to must be one of {', '.join(remedies_lib.APPLY_TO)}, "
-                        f"got {remedies_apply_to!r}")
-    remedied = {"lb": ("lb",), "sb": ("sb",), "both": ("sb", "lb")}[remedies_apply_to]
-    remedies.check(data.info.input_shape,
-                   int(accumulation_steps or 1) if "lb" in remedied else 1)
-    strategy_obj = make_strategy(strategy) if isinstance(strategy, str) else strategy
-    record = {
-        "network": network, "dataset": canonical_source(dataset),
-        "data_dir": None if data_dir is None else str(pathlib.Path(data_dir).expanduser().resolve()),
-        "bn_eval": bn_eval, "seed": int(seed),
-        # Seed of the train/test subsets (`load_arrays(..., seed=)`), when it
-        # differs from the run's seed (e.g. trials of one data subset).
-        "data_seed": int(seed if data_seed is None else data_seed),
-        "train_size": train_size, "test_size": test_size,
-        "data": data.info.to_dict(),
-        "sb_batch_size": sb, "lb_batch_size": lb,
-        "lb_batch_size_requested": float(lb_batch_size),
-        "epochs": None if until_converged else int(epochs),
-        "until_converged": bool(until_converged),
-        "patience": int(patience) if until_converged else None,
-        "min_delta": float(min_delta) if until_converged else None,
-        "max_epochs": int(max_epochs) if until_converged else None,
-        "relative_min_delta": float(relative_min_delta) if until_converged else None,
-        "eval_batch_size": int(eval_batch_size),
-        # Which epoch a run keeps: the one with the lowest training-set f.
-        "keeps": "best",
-        "accumulation_steps": int(accumulation_steps or 1),
-        **remedies.record(),
-        "remedies_apply_to": remedies_apply_to if remedies.any else None,
-        "strategy": strategy if isinstance(strategy, str) else type(strategy).__name__,
-        "optimizer": "Adam (Keras defaults)",
-        "versions": io.versions(),
-    }
+    sb = resolve_batch_size(t.sb_batch_size, n, name="SB batch size")
+    lb = resolve_batch_size(lb_requested, n, name="LB batch size")
+    remedies = t.remedies
+    remedied = t.remedied_runs
+    remedies.check(data.info.input_shape, t.accumulation_steps if "lb" in remedied else 1)
+    strategy = make_strategy(t.strategy)
+    data_dir = settings.data.data_dir
+    if data_dir is not None:
+        data_dir = str(pathlib.Path(data_dir).expanduser().resolve())
+    resolved = dataclasses.replace(
+        settings,
+        data=dataclasses.replace(settings.data, dataset=canonical_source(settings.data.dataset),
+                                 data_dir=data_dir),
+        training=dataclasses.replace(t, sb_batch_size=sb, lb_batch_size=lb))
+    record = run_manifest(resolved, data.info, lb_batch_size_requested=lb_requested,
+                          status="training")
     check_workdir(workdir, record)
-    chief = is_chief(strategy_obj)
+    chief = is_chief(strategy)
     if chief:
         io.write_json(workdir / "run.json", record)
-    x0 = initial_point(workdir / "x0.keras", network, data.info, seed=seed, bn_eval=bn_eval)
-    models = {"x0": x0, "record": record}
+    x0 = initial_point(workdir / "x0.keras", t.network, data.info, seed=t.seed,
+                       bn_eval=t.bn_eval)
+    models = {"x0": x0}
     options = dataclasses.asdict(remedies)
-    for name, batch, k in (("sb", sb, 1), ("lb", lb, int(accumulation_steps or 1))):
+    for name, batch, k in (("sb", sb, 1), ("lb", lb, t.accumulation_steps)):
         out = workdir / f"{name}.keras"
         if out.is_file():
             if verbose:
@@ -723,22 +784,27 @@ def train_sb_lb(data, network, workdir, *, dataset, data_dir=None, sb_batch_size
             models[name] = io.load_model(out)
             continue
         models[name] = train_minimizer(
-            x0, network, data.info, data.x_train, data.y_train, batch_size=batch,
+            x0, t.network, data.info, data.x_train, data.y_train, batch_size=batch,
             out_path=out, history_path=workdir / f"{name}_history.json",
             backup_dir=workdir / "backups" / name, run_name=name.upper(),
-            epochs=epochs, until_converged=until_converged, patience=patience,
-            min_delta=min_delta, max_epochs=max_epochs, seed=seed,
-            relative_min_delta=relative_min_delta, eval_batch_size=eval_batch_size,
-            strategy=strategy_obj, accumulation_steps=k, bn_eval=bn_eval,
+            epochs=t.epochs, until_converged=t.until_converged, patience=t.patience,
+            min_delta=t.min_delta, max_epochs=t.max_epochs, seed=t.seed,
+            relative_min_delta=t.relative_min_delta, eval_batch_size=t.eval_batch_size,
+            strategy=strategy, accumulation_steps=k, bn_eval=t.bn_eval,
             verbose=verbose, callbacks=callbacks,
             **(options if name in remedied else {}))
     backups = workdir / "backups"
     if backups.is_dir() and not any(backups.iterdir()):
         backups.rmdir()
+    record = {**record, "status": "finished"}
+    if chief:
+        io.write_json(workdir / "run.json", record)
+    models["record"] = record
     return models
 
 
 __all__ = ["STRATEGIES", "SeededBatches", "TrainingDivergedError", "canonical_source",
            "check_workdir", "epoch_permutation", "initial_point",
-           "make_deterministic", "make_strategy", "read_history", "resolve_batch_size",
-           "train_minimizer", "train_sb_lb"]
+           "make_deterministic", "make_strategy", "read_history", "recorded_identity",
+           "resolve_batch_size", "run_identity", "run_manifest", "train_minimizer",
+           "train_sb_lb"]

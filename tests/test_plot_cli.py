@@ -1,5 +1,6 @@
 """plot_parametric_plot.py: a tiny end-to-end run and one-line errors for bad input."""
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -16,12 +17,20 @@ TINY = ["--dataset=digits", "--train_size=200", "--test_size=60", "--sb_batch_si
 
 def test_tiny_end_to_end_writes_figures_and_json_and_reuses_models(tmp_path):
     from keras_sharpness import parametric_plot
+    from keras_sharpness.config import (
+        DataSettings,
+        PlotCommand,
+        PlotSettings,
+        RunSettings,
+        TrainingSettings,
+    )
 
     workdir, figures = tmp_path / "run", tmp_path / "figures"
-    kwargs = dict(dataset="digits", train_size=200, test_size=60, sb_batch_size=32,
-                  lb_batch_size=0.5, epochs=2, num_points=7, workdir=workdir,
-                  figures_dir=figures, verbose=0)
-    out = parametric_plot.run("f1", **kwargs)
+    settings = PlotCommand(
+        data=DataSettings("digits", train_size=200, test_size=60),
+        training=TrainingSettings("f1", sb_batch_size=32, lb_batch_size=0.5, epochs=2),
+        plot=PlotSettings(num_points=7), workdir=workdir, figures_dir=figures, verbose=0)
+    out = parametric_plot.run(settings)
 
     for name in ("F1.pdf", "F1.png"):
         assert (figures / name).stat().st_size > 1000
@@ -34,12 +43,18 @@ def test_tiny_end_to_end_writes_figures_and_json_and_reuses_models(tmp_path):
     assert result["bn_eval"] == "batch" and result["curve"] == "linear"
     assert result["seed"] == 0 and "tensorflow" in result["versions"]
     assert result["flags"]["lb_batch_size"] == 100  # 0.5 of 200 samples
+    assert result["flags"]["num_points"] == 7 and result["flags"]["workdir"] == str(workdir)
 
     run = json.loads((workdir / "run.json").read_text())
     for key in ("network", "dataset", "data_dir", "bn_eval", "seed", "sb_batch_size",
                 "lb_batch_size", "epochs", "versions"):
         assert key in run, key
     assert run["network"] == "F1" and run["dataset"] == "digits"
+    # The manifest: the settings as the run resolved them, seeds and status.
+    recorded = RunSettings.from_dict(run["settings"])
+    assert recorded.training.lb_batch_size == 100 and recorded.training.epochs == 2
+    assert recorded.data == settings.data
+    assert run["status"] == "finished" and run["seed"] == run["data_seed"] == 0
     for name in ("x0.keras", "sb.keras", "lb.keras"):
         assert (workdir / name).is_file()
     for name in ("sb_history.json", "lb_history.json"):
@@ -47,10 +62,10 @@ def test_tiny_end_to_end_writes_figures_and_json_and_reuses_models(tmp_path):
         assert history["finished"] and len(history["epochs"]) == 2
     assert not (workdir / "backups").exists()
 
-    # A second run with other plot flags reuses the finished models.
+    # A second run with other plot settings reuses the finished models.
     stamps = {n: (workdir / n).stat().st_mtime_ns for n in ("sb.keras", "lb.keras")}
-    again = parametric_plot.run("F1", **{**kwargs, "num_points": 2, "alpha_min": 0,
-                                         "alpha_max": 1})
+    again = parametric_plot.run(dataclasses.replace(
+        settings, plot=PlotSettings(num_points=2, alpha_min=0, alpha_max=1)))
     assert {n: (workdir / n).stat().st_mtime_ns for n in stamps} == stamps
     # alpha = 0 and 1 of the second sweep are points of the first one.
     assert again["result"].train_loss[0] == pytest.approx(out["result"].train_loss[2], rel=1e-6)
@@ -87,14 +102,20 @@ def _foreign_workdir(tmp_path):
     ("foreign workdir", ["-n", "F1", *TINY, "--workdir={foreign}"], "holds checkpoints of network C1"),
     ("infinite alpha", ["-n", "F1", *TINY, "--alpha_max=inf"], "--alpha_max must be a finite"),
     ("NaN batch", ["-n", "F1", *TINY, "--lb_batch_size=nan"], "--lb_batch_size must be a finite"),
+    ("zero epochs", ["-n", "F1", *TINY, "--epochs=0"], "--epochs must be at least 1"),
+    ("remedy", ["-n", "F1", *TINY, "--conservative_lambda=-1"], "conservative_lambda"),
+    ("flagfile value", ["--flagfile={flagfile}"], "--num_points must be at least 2"),
     ("figures dir is a file", ["-n", "F1", *TINY, "--figures_dir={file}"], "is a file"),
     ("workdir under a file", ["-n", "F1", *TINY, "--workdir={file}/run"], "cannot be written"),
     ("stray argument", ["-n", "F1", *TINY, "extra"], "unexpected arguments: extra"),
 ])
 def test_bad_input_is_one_line_and_nonzero_exit(tmp_path, case, args, expected):
     (tmp_path / "a_file").write_text("")
+    (tmp_path / "bad.flags").write_text("-n=F1\n--dataset=digits\n--num_points=1\n")
     args = [a.format(foreign=_foreign_workdir(tmp_path)) if "{foreign}" in a else
-            a.format(file=tmp_path / "a_file") if "{file}" in a else a for a in args]
+            a.format(file=tmp_path / "a_file") if "{file}" in a else
+            a.format(flagfile=tmp_path / "bad.flags") if "{flagfile}" in a else a
+            for a in args]
     done = _run_cli(args, tmp_path)
     lines = _message_lines(done.stderr)
     assert done.returncode != 0, case
@@ -109,9 +130,13 @@ def test_bad_input_is_one_line_and_nonzero_exit(tmp_path, case, args, expected):
     ["-m", "keras_sharpness.experiments.trials", "--help"],
     ["-m", "keras_sharpness.experiments.sensitivity", "--help"],
     [str(SCRIPT), "-n", "F1", "stray"],
+    [str(SCRIPT), "-n", "F9"],
+    [str(SCRIPT), "-n", "F1", "--lb_batch_size=0"],
+    ["-m", "keras_sharpness.experiments.trials", "-n", "F1", "--sb_batch_size=abc"],
 ])
 def test_help_and_flag_errors_answer_before_tensorflow_is_imported(command):
-    """--help and bad flags must not wait ~10 s for TensorFlow (nor SciPy's stats)."""
+    """--help and bad flags (settings included) must not wait ~10 s for TensorFlow
+    (nor SciPy's stats)."""
     done = subprocess.run([sys.executable, "-X", "importtime", *command], capture_output=True,
                           text=True, cwd=REPO, timeout=120)
     imported = [line.split("|")[-1].strip() for line in done.stderr.splitlines()
@@ -119,5 +144,9 @@ def test_help_and_flag_errors_answer_before_tensorflow_is_imported(command):
     assert imported, done.stderr[-2000:]
     assert not [m for m in imported if m.split(".")[0] in ("tensorflow", "keras")]
     assert "scipy.stats" not in imported
+    if "--help" in command:
+        assert "flags:" in done.stdout  # absl prints the usage and exits 1
+    else:
+        assert done.returncode == 2 and done.stderr.splitlines()[-1].startswith("error: ")
     if "stray" in command:
-        assert done.returncode == 2 and "error: unexpected arguments: stray" in done.stderr
+        assert "error: unexpected arguments: stray" in done.stderr

@@ -317,6 +317,95 @@ def test_workdir_of_another_network_or_flags_is_refused(tmp_path):
     training.check_workdir(tmp_path, record)
 
 
+def _run_settings(**training_settings):
+    from keras_sharpness.config import DataSettings, RunSettings, TrainingSettings
+
+    return RunSettings(DataSettings("random"),
+                       TrainingSettings("F1", **{"sb_batch_size": 30, "lb_batch_size": 60,
+                                                 "epochs": 2, **training_settings}))
+
+
+def _manifest(settings, info):
+    return training.run_manifest(settings, info, lb_batch_size_requested=0.5, status="training")
+
+
+def test_a_resumed_run_is_compared_with_the_settings_its_manifest_records(tmp_path):
+    import dataclasses
+
+    data = _data()
+    settings = _run_settings()
+    manifest = _manifest(settings, data.info)
+    assert manifest["settings"] == settings.to_dict() and manifest["status"] == "training"
+    (tmp_path / "run.json").write_text(json.dumps(manifest))
+    (tmp_path / "x0.keras").write_bytes(b"")
+    training.check_workdir(tmp_path, manifest)
+    # Settings that do not define the models may change (here: the strategy).
+    training.check_workdir(tmp_path, _manifest(_run_settings(strategy="mirrored"), data.info))
+    with pytest.raises(CheckpointError) as info:
+        training.check_workdir(tmp_path, _manifest(_run_settings(epochs=3, seed=1), data.info))
+    message = str(info.value)
+    assert "seed=0 (now 1), epochs=2 (now 3)" in message and "\n" not in message
+    # The identity is read from the recorded settings, not from the flat keys.
+    (tmp_path / "run.json").write_text(json.dumps({**manifest, "epochs": 99}))
+    training.check_workdir(tmp_path, manifest)
+    other = dataclasses.replace(settings, data=dataclasses.replace(settings.data, train_size=50))
+    with pytest.raises(CheckpointError, match="train_size=None \\(now 50\\)"):
+        training.check_workdir(tmp_path, _manifest(other, data.info))
+    # A run.json of an earlier version (flat keys, no settings) is still compared.
+    old = {k: v for k, v in manifest.items() if k not in ("settings", "status")}
+    (tmp_path / "run.json").write_text(json.dumps(old))
+    training.check_workdir(tmp_path, manifest)
+    with pytest.raises(CheckpointError, match="epochs=2 \\(now 3\\)"):
+        training.check_workdir(tmp_path, _manifest(_run_settings(epochs=3), data.info))
+    # Recorded settings this version cannot read: one line, not a traceback.
+    broken = {**manifest, "settings": {**manifest["settings"], "optimizer": "sgd"}}
+    (tmp_path / "run.json").write_text(json.dumps(broken))
+    with pytest.raises(CheckpointError, match="settings this version cannot read"):
+        training.check_workdir(tmp_path, manifest)
+
+
+def test_train_sb_lb_records_its_settings_and_its_keyword_call_trains_the_same(
+        tmp_path, monkeypatch):
+    import dataclasses
+
+    import tensorflow as tf
+
+    from keras_sharpness.config import RunSettings
+
+    tf.config.experimental.enable_op_determinism()
+    data = _data()
+
+    def build_network(name, input_shape, num_classes, *, bn_eval="batch", synchronized=False):
+        model = _small_net(data.info)(synchronized)
+        model.name = name  # x0.keras is checked to hold the network asked for
+        return model
+
+    monkeypatch.setattr("keras_sharpness.networks.build_network", build_network)
+    settings = _run_settings(lb_batch_size=0.5, epochs=1)
+    models = training.train_sb_lb(data, settings, tmp_path / "a", verbose=0)
+    run = json.loads((tmp_path / "a" / "run.json").read_text())
+    assert run["status"] == "finished" and models["record"]["status"] == "finished"
+    recorded = RunSettings.from_dict(run["settings"])
+    assert recorded.training == dataclasses.replace(settings.training, lb_batch_size=60)
+    assert recorded.data == settings.data
+    assert run["lb_batch_size_requested"] == 0.5 and run["seed"] == run["data_seed"] == 0
+    assert "tensorflow" in run["versions"]
+
+    legacy = training.train_sb_lb(data, "F1", tmp_path / "b", dataset="random",
+                                  sb_batch_size=30, lb_batch_size=0.5, epochs=1, verbose=0)
+    for name in ("sb", "lb"):
+        for a, b in zip(models[name].get_weights(), legacy[name].get_weights()):
+            np.testing.assert_array_equal(a, b)
+    assert {k: v for k, v in legacy["record"].items() if k != "versions"} == {
+        k: v for k, v in run.items() if k != "versions"}
+
+    with pytest.raises(CheckpointError, match="epochs=1 \\(now 2\\)"):
+        training.train_sb_lb(data, _run_settings(lb_batch_size=0.5, epochs=2), tmp_path / "a",
+                             verbose=0)
+    with pytest.raises(TypeError, match="not as keywords"):
+        training.train_sb_lb(data, settings, tmp_path / "a", epochs=2)
+
+
 MIRRORED_SCRIPT = textwrap.dedent("""
     import os, sys
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"

@@ -4,38 +4,59 @@
 from keras_sharpness.errors import UserError
 
 
-def define_common_flags():
-    """Defines the flags every experiment command takes."""
+def define_common_flags(flag_values=None):
+    """Defines the flags every experiment command takes.
+
+    The data and training flags set the fields of the same name of
+    `keras_sharpness.config.DataSettings` and `TrainingSettings`
+    (`settings_from_flags`); the measurement flags make the experiments'
+    `MeasureSettings` (`common_from_flags`).
+    """
     from absl import flags
 
     from keras_sharpness.cli import define_stop_rule_flags
 
-    flags.DEFINE_string("network", None, "F1, F2, C1, C2, C3 or C4.", short_name="n")
+    fv = flags.FLAGS if flag_values is None else flag_values
+    flags.DEFINE_string("network", None, "F1, F2, C1, C2, C3 or C4.", short_name="n",
+                        flag_values=fv)
     flags.DEFINE_string("dataset", None, "Data source (mnist, cifar10, cifar100, npz:PATH, "
-                        "folder:PATH, digits); default: the network's paper data set.")
-    flags.DEFINE_string("data_dir", None, "TensorFlow Datasets directory.")
-    flags.DEFINE_integer("train_size", None, "Seeded subset of the training set (CPU scale).")
-    flags.DEFINE_integer("test_size", None, "Seeded subset of the test set.")
-    flags.DEFINE_string("workdir", None, "Output directory (default runs/<experiment>_<network>).")
-    flags.DEFINE_string("figures_dir", None, "Where figures are written (default: --workdir).")
-    flags.DEFINE_integer("seed", 0, "Seed of x0, data order, subspaces.")
-    flags.DEFINE_list("eps", ["1e-3", "5e-4"], "Sharpness box scales.")
-    flags.DEFINE_list("subspace_dims", ["0", "100"], "0 = full space, p = random p-dim subspace.")
+                        "folder:PATH, digits); default: the network's paper data set.",
+                        flag_values=fv)
+    flags.DEFINE_string("data_dir", None, "TensorFlow Datasets directory.", flag_values=fv)
+    flags.DEFINE_integer("train_size", None, "Seeded subset of the training set (CPU scale).",
+                         flag_values=fv)
+    flags.DEFINE_integer("test_size", None, "Seeded subset of the test set.", flag_values=fv)
+    flags.DEFINE_string("workdir", None, "Output directory (default "
+                        "runs/<experiment>_<network>).", flag_values=fv)
+    flags.DEFINE_string("figures_dir", None, "Where figures are written (default: "
+                        "--workdir).", flag_values=fv)
+    flags.DEFINE_integer("seed", 0, "Seed of x0, data order, subspaces.", flag_values=fv)
+    flags.DEFINE_list("eps", ["1e-3", "5e-4"], "Sharpness box scales.", flag_values=fv)
+    flags.DEFINE_list("subspace_dims", ["0", "100"], "0 = full space, p = random p-dim "
+                      "subspace.", flag_values=fv)
     flags.DEFINE_integer("maxiter", 10, "L-BFGS-B iterations (records keep phi after "
-                         "each; tables use phi after the paper's 10).")
+                         "each; tables use phi after the paper's 10).", flag_values=fv)
     flags.DEFINE_enum("subspace_scale", "gaussian", ["gaussian", "normalized"],
-                      "Scale of a random A: N(0,1) entries or unit-norm columns.")
-    flags.DEFINE_enum("start", "zero", ["zero", "corner", "random"], "L-BFGS-B start point.")
+                      "Scale of a random A: N(0,1) entries or unit-norm columns.",
+                      flag_values=fv)
+    flags.DEFINE_enum("start", "zero", ["zero", "corner", "random"], "L-BFGS-B start point.",
+                      flag_values=fv)
     flags.DEFINE_enum("bn_eval", "batch", ["batch", "moving"],
-                      "BatchNorm at evaluation: batch statistics (Keras 1 mode=2) or moving.")
-    flags.DEFINE_integer("eval_batch_size", 1000, "Fixed batch size of the objective.")
+                      "BatchNorm at evaluation: batch statistics (Keras 1 mode=2) or moving.",
+                      flag_values=fv)
+    flags.DEFINE_integer("eval_batch_size", 1000, "Fixed batch size of the objective.",
+                         flag_values=fv)
     flags.DEFINE_integer("sharpness_samples", None,
-                         "Measure sharpness on a seeded subset of the training set.")
-    flags.DEFINE_string("sb_batch_size", "256", "SB batch (count, or fraction < 1).")
-    flags.DEFINE_string("lb_batch_size", "0.1", "LB batch (count, or fraction < 1; paper 10%).")
-    define_stop_rule_flags()
+                         "Measure sharpness on a seeded subset of the training set.",
+                         flag_values=fv)
+    flags.DEFINE_string("sb_batch_size", "256", "SB batch (count, or fraction < 1).",
+                        flag_values=fv)
+    flags.DEFINE_string("lb_batch_size", "0.1", "LB batch (count, or fraction < 1; paper "
+                        "10%).", flag_values=fv)
+    define_stop_rule_flags(fv)
     flags.DEFINE_integer("verbose", None, "0 quiet, 1 progress bars, 2 one line per epoch "
-                         "(default: 1 on a terminal, 2 when output goes to a file).")
+                         "(default: 1 on a terminal, 2 when output goes to a file).",
+                         flag_values=fv)
 
 
 def number(text, name):
@@ -47,25 +68,51 @@ def number(text, name):
     return int(value) if value >= 1 and value == int(value) else value
 
 
-def common_from_flags(FLAGS, experiment):
-    """Loads the data and builds settings from the common flags.
+def settings_from_flags(FLAGS):
+    """The data and training settings of the common flags, checked (nothing is loaded).
+
+    `start` builds them before TensorFlow is imported, so a bad value is one
+    line at once; `common_from_flags` builds them again (a pure function of
+    the flags) for the experiment's `main`.
 
     Returns:
-        dict: ``network``, ``dataset``, ``data``, ``settings``,
-        ``training_kwargs``, ``workdir``, ``figures_dir``, ``verbose``.
+        `keras_sharpness.config.RunSettings`.
+    """
+    from keras_sharpness.config import RunSettings
+
+    return RunSettings.from_flags(FLAGS)
+
+
+def training_keywords(settings):
+    """The ``training_kwargs`` the experiments pass on: `train_sb_lb` keywords
+    (`RunSettings.from_keywords`) of `settings` but the per-run ones."""
+    t, d = settings.training, settings.data
+    return dict(
+        sb_batch_size=t.sb_batch_size, lb_batch_size=t.lb_batch_size, epochs=t.epochs,
+        until_converged=t.until_converged, patience=t.patience, min_delta=t.min_delta,
+        max_epochs=t.max_epochs, relative_min_delta=t.relative_min_delta,
+        eval_batch_size=t.eval_batch_size, train_size=d.train_size, test_size=d.test_size,
+        data_dir=d.data_dir, data_seed=d.seed)
+
+
+def common_from_flags(FLAGS, experiment):
+    """Checks the common flags, then loads the data and builds the settings.
+
+    Returns:
+        dict: ``network``, ``dataset``, ``data``, ``run_settings``
+        (`keras_sharpness.config.RunSettings`), ``settings``
+        (`MeasureSettings`), ``training_kwargs`` (`training_keywords`),
+        ``workdir``, ``figures_dir``, ``verbose``.
     """
     from keras_sharpness import io, runs
     from keras_sharpness.cli import default_verbosity
     from keras_sharpness.data import load_arrays
     from keras_sharpness.experiments.measure import MeasureSettings
-    from keras_sharpness.networks import check_network
-    from keras_sharpness.parametric_plot import default_dataset
     from keras_sharpness.metric import check_settings
     from keras_sharpness.training import canonical_source, make_deterministic
 
-    if not FLAGS.network:
-        raise UserError("--network (-n) is required: F1, F2, C1, C2, C3 or C4")
-    network = check_network(FLAGS.network)
+    run_settings = settings_from_flags(FLAGS)
+    network, wanted = run_settings.training.network, run_settings.data
     try:
         eps = tuple(float(e) for e in FLAGS.eps)
         dims = tuple(int(p) for p in FLAGS.subspace_dims)
@@ -80,26 +127,19 @@ def common_from_flags(FLAGS, experiment):
     figures_dir = io.ensure_writable_dir(FLAGS.figures_dir or workdir, "--figures_dir")
     # The command owns its work directory until it exits.
     runs.hold(workdir, what=f"--workdir {workdir}")
-    make_deterministic(FLAGS.seed)
-    dataset = FLAGS.dataset or default_dataset(network)
-    data = load_arrays(dataset, data_dir=FLAGS.data_dir, train_size=FLAGS.train_size,
-                       test_size=FLAGS.test_size, seed=FLAGS.seed)
+    make_deterministic(run_settings.training.seed)
+    data = load_arrays(wanted.dataset, data_dir=wanted.data_dir,
+                       train_size=wanted.train_size, test_size=wanted.test_size,
+                       seed=wanted.seed)
     settings = MeasureSettings(eps=eps, subspace_dims=dims, maxiter=FLAGS.maxiter,
                                start=FLAGS.start, bn_eval=FLAGS.bn_eval,
                                eval_batch_size=FLAGS.eval_batch_size,
                                num_samples=FLAGS.sharpness_samples, seed=FLAGS.seed,
                                subspace_scale=FLAGS.subspace_scale)
-    training_kwargs = dict(
-        sb_batch_size=number(FLAGS.sb_batch_size, "sb_batch_size"),
-        lb_batch_size=number(FLAGS.lb_batch_size, "lb_batch_size"),
-        epochs=FLAGS.epochs, until_converged=FLAGS.until_converged,
-        patience=FLAGS.patience, min_delta=FLAGS.min_delta, max_epochs=FLAGS.max_epochs,
-        relative_min_delta=FLAGS.relative_min_delta, eval_batch_size=FLAGS.eval_batch_size,
-        train_size=FLAGS.train_size, test_size=FLAGS.test_size, data_dir=FLAGS.data_dir,
-        data_seed=FLAGS.seed)
     verbose = default_verbosity() if FLAGS.verbose is None else FLAGS.verbose
-    return dict(network=network, dataset=canonical_source(dataset), data=data,
-                settings=settings, training_kwargs=training_kwargs, workdir=workdir,
+    return dict(network=network, dataset=canonical_source(wanted.dataset), data=data,
+                run_settings=run_settings, settings=settings,
+                training_kwargs=training_keywords(run_settings), workdir=workdir,
                 figures_dir=figures_dir, verbose=verbose)
 
 
@@ -122,10 +162,11 @@ def start(main, define_flags=None, *, one_sharpness=True):
         one_sharpness: figures plot one sharpness per point, so default to
             ``--eps=1e-3 --subspace_dims=0`` (full space).
     """
+    import sys
+
     from absl import flags
 
     from keras_sharpness.cli import run
-
 
     define_common_flags()
     if define_flags is not None:
@@ -133,7 +174,9 @@ def start(main, define_flags=None, *, one_sharpness=True):
     if one_sharpness:
         flags.FLAGS.set_default("subspace_dims", ["0"])
         flags.FLAGS.set_default("eps", ["1e-3"])
-    run(main)
+    # The data and training flags are checked before TensorFlow is imported;
+    # `main` builds its settings in `common_from_flags`.
+    run(lambda settings: main(sys.argv[:1]), settings_from_flags)
 
 
 def run_arguments(common, FLAGS):

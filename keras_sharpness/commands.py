@@ -1,0 +1,242 @@
+"""The commands: their flags, then one call.
+
+Each function here is a console script (``setup.py``) and what the
+top-level script or module of the same command runs:
+
+================  ==================================================
+console script    same as
+================  ==================================================
+``ks-plot``       ``python plot_parametric_plot.py``
+``ks-sharpness``  ``python compute_sharpness.py``
+``ks-trials``     ``python -m keras_sharpness.experiments.trials``
+``ks-batch-sweep``  ``python -m keras_sharpness.experiments.batch_sweep``
+``ks-warm-start``   ``python -m keras_sharpness.experiments.warm_start``
+``ks-trajectory``   ``python -m keras_sharpness.experiments.trajectory``
+``ks-sensitivity``  ``python -m keras_sharpness.experiments.sensitivity``
+================  ==================================================
+
+A command defines its flags when it starts (two commands share flag names,
+so one process defines one command's), parses them (``--flagfile=FILE``
+reads them from a file), builds its settings object
+(`keras_sharpness.config`) and only then imports TensorFlow
+(`keras_sharpness.cli.run`): ``--help`` and bad flags answer at once.
+"""
+
+PLOT_USAGE = """\
+Trains SB and LB Adam from one x0 and plots the loss along the path between them.
+
+Figure 3 of Keskar et al. (2017), for any of the paper's six networks:
+
+    python plot_parametric_plot.py -n C1          # or: ks-plot -n C1
+    python plot_parametric_plot.py -n F1 --dataset=npz:../shared/data/mnist-t10k-split.npz
+    python plot_parametric_plot.py -n F1 --dataset=digits      # offline demo
+    python plot_parametric_plot.py -n C1 --augment --workdir=runs/C1-augment  # Appendix E
+    python plot_parametric_plot.py --flagfile=c1.flags         # flags from a file
+
+Writes runs/<network>/ (checkpoints, history, run.json, parametric.json and
+<network>.{pdf,png}; --figures_dir puts the figures elsewhere). Run the same
+command again after a kill to resume. See docs/parametric_plot.md.
+"""
+
+SHARPNESS_USAGE = """\
+Sharpness (Metric 2.1) and top Hessian eigenvalues of SB and LB minimizers.
+
+    python compute_sharpness.py --workdir runs/F1 --eps 1e-3,5e-4   # or: ks-sharpness ...
+    python compute_sharpness.py --workdir runs/F1 --subspace_dim 100 --hessian_topk 3
+    python compute_sharpness.py --model m.keras --dataset npz:data.npz
+
+Prints a Table 3/4-style table and writes <workdir>/sharpness.json (or
+<model>.sharpness.json). See docs/sharpness.md.
+"""
+
+
+# -------------------------------------------------------------------- plot
+def define_plot_flags(flag_values=None):
+    """The flags of the parametric-plot command (`keras_sharpness.config.PlotCommand`)."""
+    from absl import flags
+
+    from keras_sharpness.cli import define_stop_rule_flags
+
+    fv = flags.FLAGS if flag_values is None else flag_values
+    flags.DEFINE_string("network", None, "F1, F2, C1, C2, C3 or C4.", short_name="n",
+                        flag_values=fv)
+    flags.DEFINE_string("dataset", None,
+                        "mnist, cifar10, cifar100, npz:PATH, folder:PATH or digits; "
+                        "default: the network's data set in the paper (F2 has none).",
+                        flag_values=fv)
+    flags.DEFINE_string("data_dir", None, "TensorFlow Datasets directory.", flag_values=fv)
+    flags.DEFINE_integer("train_size", None, "Seeded subset of the training set (all if "
+                         "unset).", flag_values=fv)
+    flags.DEFINE_integer("test_size", None, "Seeded subset of the test set (all if unset).",
+                         flag_values=fv)
+    flags.DEFINE_float("sb_batch_size", 256, "Small batch: samples, or a fraction < 1 of "
+                       "the training set.", flag_values=fv)
+    flags.DEFINE_float("lb_batch_size", None, "Large batch: samples, or a fraction < 1 "
+                       "of the training set (the paper: 0.1). Default: the released 5000, or "
+                       "10 % of a training set smaller than 10000.", flag_values=fv)
+    define_stop_rule_flags(fv)
+    flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multiworker"],
+                      "default: one device; mirrored: all local devices, synchronized "
+                      "BN; multiworker: machines listed in TF_CONFIG.", flag_values=fv)
+    flags.DEFINE_integer("accumulation_steps", 1, "LB gradient accumulation: micro-batches "
+                         "per Adam step (BN then sees a micro-batch).", flag_values=fv)
+    flags.DEFINE_integer("num_points", 25, "Number of alphas.", flag_values=fv)
+    flags.DEFINE_float("alpha_min", -1.0, "Smallest alpha.", flag_values=fv)
+    flags.DEFINE_float("alpha_max", 2.0, "Largest alpha.", flag_values=fv)
+    flags.DEFINE_enum("curve", "linear", ["linear", "sin"], "linear: alpha x_LB + "
+                      "(1-alpha) x_SB; sin: sin(alpha pi/2) x_LB + cos(alpha pi/2) x_SB.",
+                      flag_values=fv)
+    flags.DEFINE_enum("bn_eval", "batch", ["batch", "recompute", "moving"],
+                      "BatchNorm along the path: batch statistics (original), statistics "
+                      "recomputed at each point, or interpolated moving statistics.",
+                      flag_values=fv)
+    flags.DEFINE_integer("eval_batch_size", 1000, "Evaluation batch size (defines f with "
+                         "BN batch statistics).", flag_values=fv)
+    flags.DEFINE_string("workdir", None, "Checkpoints and JSON; default runs/<network>.",
+                        flag_values=fv)
+    flags.DEFINE_string("figures_dir", None, "Where <network>.pdf and .png go (default: "
+                        "--workdir).", flag_values=fv)
+    flags.DEFINE_integer("seed", 0, "Seed of x0, data order, dropout and subsets.",
+                         flag_values=fv)
+    flags.DEFINE_integer("verbose", None, "0 silent, 1 progress bars, 2 one line per epoch "
+                         "(default: 1 on a terminal, 2 when output goes to a file).",
+                         flag_values=fv)
+    # Appendix E: attempts to fix large-batch training.
+    flags.DEFINE_bool("augment", False, "Augment training images: horizontal flips, "
+                      "rotations up to 10 degrees, translations up to 0.2 (image inputs "
+                      "only).", flag_values=fv)
+    flags.DEFINE_float("conservative_lambda", 0.0, "Conservative training (Li et al. 2014) "
+                       "with this proximal weight when > 0 (the paper: 1e-3).",
+                       flag_values=fv)
+    flags.DEFINE_integer("conservative_steps", 3, "Adam iterations per batch of "
+                         "conservative training.", flag_values=fv)
+    flags.DEFINE_float("adversarial_eps", 0.0, "FGSM adversarial training (Goodfellow et "
+                       "al. 2014) with this input step when > 0 (inputs are in [0, 1]).",
+                       flag_values=fv)
+    flags.DEFINE_float("adversarial_clean_weight", 0.5, "alpha in alpha J(x) + (1 - alpha) "
+                       "J(x_adv); 0 trains on adversarial inputs only.", flag_values=fv)
+    flags.DEFINE_enum("remedies_apply_to", "lb", ["lb", "sb", "both"], "Which runs get "
+                      "--augment / --conservative_lambda / --adversarial_eps.",
+                      flag_values=fv)
+    flags.mark_flag_as_required("network", flag_values=fv)
+
+
+def plot():
+    """``ks-plot`` / ``plot_parametric_plot.py``: Figure 3 (`keras_sharpness.parametric_plot`)."""
+    from keras_sharpness import cli
+    from keras_sharpness.config import PlotCommand
+
+    define_plot_flags()
+    cli.run(_plot, PlotCommand.from_flags, doc=PLOT_USAGE)
+
+
+def _plot(settings):
+    from keras_sharpness import parametric_plot
+
+    parametric_plot.run(settings)
+
+
+# --------------------------------------------------------------- sharpness
+def define_sharpness_flags(flag_values=None):
+    """The flags of the sharpness command (`keras_sharpness.sharpness_cli`)."""
+    from absl import flags
+
+    fv = flags.FLAGS if flag_values is None else flag_values
+    flags.DEFINE_string("workdir", None, "Run directory holding sb.keras, lb.keras and "
+                        "run.json.", flag_values=fv)
+    flags.DEFINE_string("model", None, "A single .keras checkpoint (instead of --workdir).",
+                        flag_values=fv)
+    flags.DEFINE_string("dataset", None, "Data source for --model (mnist, cifar10, "
+                        "cifar100, npz:PATH, folder:PATH, digits); overrides run.json with "
+                        "--workdir.", flag_values=fv)
+    flags.DEFINE_string("data_dir", None, "TensorFlow Datasets directory.", flag_values=fv)
+    flags.DEFINE_string("output", None, "Report path (default <workdir>/sharpness.json or "
+                        "<model>.sharpness.json).", flag_values=fv)
+    flags.DEFINE_multi_string("eps", ["1e-3"], "Box scale(s); repeat the flag or give a "
+                              "comma-separated list (paper: 1e-3,5e-4).", flag_values=fv)
+    flags.DEFINE_integer("subspace_dim", 0, "0: full space (A = I); p: random n x p "
+                         "Gaussian A (paper: 100).", flag_values=fv)
+    flags.DEFINE_integer("maxiter", 10, "L-BFGS-B iterations (paper: 10). The record keeps "
+                         "phi after every iteration; with more than 10 it also gives the "
+                         "paper's value (phi_paper).", flag_values=fv)
+    flags.DEFINE_integer("seed", 0, "Seed of A, the random start and the --num_samples "
+                         "subset.", flag_values=fv)
+    flags.DEFINE_string("start", "zero", "L-BFGS-B start y0: zero (the paper's reading), "
+                        "corner (box corner along the gradient), random (uniform in the "
+                        "box), or several separated by commas: phi is then the largest over "
+                        "them.", flag_values=fv)
+    flags.DEFINE_enum("subspace_scale", "gaussian", ["gaussian", "normalized"], "Scale of "
+                      "a random A: gaussian (N(0,1) entries) or normalized (unit-norm "
+                      "columns).", flag_values=fv)
+    flags.DEFINE_enum("bn_eval", "batch", ["batch", "moving", "model"], "BatchNorm at "
+                      "evaluation: batch statistics (Keras 1 mode=2, the paper), moving "
+                      "statistics, or the mode the model was saved with.", flag_values=fv)
+    flags.DEFINE_integer("batch_size", 1000, "Fixed batch size of f (defines f in batch "
+                         "mode).", flag_values=fv)
+    flags.DEFINE_integer("num_samples", None, "Evaluate f on a seeded subset of the "
+                         "training set (default: all of it).", flag_values=fv)
+    flags.DEFINE_integer("hessian_topk", 0, "Top Hessian eigenvalues by Lanczos (0: skip).",
+                         flag_values=fv)
+    flags.DEFINE_integer("hessian_trace_probes", 0, "Hutchinson probes for the Hessian "
+                         "trace (0: skip; ~100 for a few % error).", flag_values=fv)
+    flags.DEFINE_bool("overwrite", False, "Recompute records already in the report.",
+                      flag_values=fv)
+
+
+def sharpness():
+    """``ks-sharpness`` / ``compute_sharpness.py``: Metric 2.1 and the Hessian."""
+    from keras_sharpness import cli
+
+    define_sharpness_flags()
+    cli.run(_sharpness, doc=SHARPNESS_USAGE)
+
+
+def _sharpness(argv):
+    from absl import flags
+
+    from keras_sharpness import sharpness_cli
+
+    del argv  # cli.run refuses positional arguments
+    FLAGS = flags.FLAGS
+    sharpness_cli.main(
+        eps=FLAGS.eps, workdir=FLAGS.workdir, model=FLAGS.model, dataset=FLAGS.dataset,
+        data_dir=FLAGS.data_dir, output=FLAGS.output, subspace_dim=FLAGS.subspace_dim,
+        maxiter=FLAGS.maxiter, seed=FLAGS.seed, start=FLAGS.start,
+        subspace_scale=FLAGS.subspace_scale, bn_eval=FLAGS.bn_eval,
+        batch_size=FLAGS.batch_size, num_samples=FLAGS.num_samples,
+        hessian_topk=FLAGS.hessian_topk, hessian_trace_probes=FLAGS.hessian_trace_probes,
+        overwrite=FLAGS.overwrite)
+
+
+# ------------------------------------------------------------- experiments
+def _run_module(name):
+    """Runs module `name` as ``python -m name`` does (its ``__main__`` block)."""
+    import runpy
+
+    runpy.run_module(name, run_name="__main__", alter_sys=True)
+
+
+def trials():
+    """``ks-trials``: Tables 2-4 (`keras_sharpness.experiments.trials`)."""
+    _run_module("keras_sharpness.experiments.trials")
+
+
+def batch_sweep():
+    """``ks-batch-sweep``: Figure 4 (`keras_sharpness.experiments.batch_sweep`)."""
+    _run_module("keras_sharpness.experiments.batch_sweep")
+
+
+def warm_start():
+    """``ks-warm-start``: Figure 5 (`keras_sharpness.experiments.warm_start`)."""
+    _run_module("keras_sharpness.experiments.warm_start")
+
+
+def trajectory():
+    """``ks-trajectory``: Figure 6 (`keras_sharpness.experiments.trajectory`)."""
+    _run_module("keras_sharpness.experiments.trajectory")
+
+
+def sensitivity():
+    """``ks-sensitivity``: the metric's settings on saved trials
+    (`keras_sharpness.experiments.sensitivity`)."""
+    _run_module("keras_sharpness.experiments.sensitivity")
