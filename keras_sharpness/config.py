@@ -33,10 +33,10 @@ it sets share a name. From Python, make the objects directly::
 `to_dict` / `from_dict` round-trip through JSON; ``dataclasses.replace``
 checks the new value too.
 
-Nothing here imports TensorFlow or Keras. Two tables therefore repeat what
-Keras-importing modules define (`NETWORKS` and `DEFAULT_DATASET` of
-`keras_sharpness.networks`, `BN_EVAL_MODES` of `keras_sharpness.layers`);
-tests/test_config.py keeps them equal.
+Nothing here imports TensorFlow or Keras, so the tables the settings are
+checked against live here: `NETWORKS`, `DEFAULT_DATASET` and `check_network`
+(`keras_sharpness.networks` imports them) and `BN_EVAL_MODES`
+(`keras_sharpness.layers.BN_MODES`).
 """
 
 import dataclasses
@@ -49,14 +49,15 @@ from keras_sharpness.errors import UserError
 from keras_sharpness.parametric import CURVES, PLOT_BN_EVAL
 from keras_sharpness.training import STRATEGIES
 
-#: The paper's six networks (`keras_sharpness.networks.NETWORKS`).
+#: The paper's six networks (built by `keras_sharpness.networks`).
 NETWORKS = ("F1", "F2", "C1", "C2", "C3", "C4")
 
-#: The data set of each network in the paper (`keras_sharpness.networks.DEFAULT_DATASET`).
+#: The data set each network was trained on in the paper. F2 needs TIMIT,
+#: which is licensed: the user supplies it as ``npz:PATH`` (360-dim, 1973 classes).
 DEFAULT_DATASET = {"F1": "mnist", "F2": None, "C1": "cifar10", "C2": "cifar10",
                    "C3": "cifar100", "C4": "cifar100"}
 
-#: BatchNorm at evaluation of a trained model (`keras_sharpness.layers.BN_MODES`).
+#: BatchNorm at evaluation of a trained model (`keras_sharpness.layers`).
 BN_EVAL_MODES = ("batch", "moving")
 
 
@@ -407,19 +408,6 @@ class RunSettings(_Settings):
         """From the data and training flags of a command (nothing is loaded)."""
         trained = TrainingSettings.from_flags(flag_values, **training_given)
         return cls(data=DataSettings.from_flags(flag_values, network=trained.network),
-                   training=trained)
-
-    @classmethod
-    def from_keywords(cls, network, *, dataset, data_dir=None, train_size=None,
-                      test_size=None, data_seed=None, **training_keywords):
-        """The keyword arguments `train_sb_lb` took before it took settings.
-
-        `data_seed` (the seed of the subsets) defaults to the training seed.
-        """
-        trained = TrainingSettings(network=network, **training_keywords)
-        return cls(data=DataSettings(dataset=dataset, data_dir=data_dir,
-                                     train_size=train_size, test_size=test_size,
-                                     seed=trained.seed if data_seed is None else data_seed),
                    training=trained)
 
 

@@ -5,6 +5,7 @@ import json
 import os
 import pathlib
 import platform
+import re
 import tempfile
 
 from keras_sharpness.errors import CheckpointError
@@ -86,6 +87,17 @@ def remove_temporary_files(folder, target=None):
     if folder.is_dir():
         for leftover in folder.glob(f"{TEMP_PREFIX}{target + '.' if target else ''}*"):
             leftover.unlink(missing_ok=True)
+
+
+#: ``.tmp-<target>.<8 random characters of mkstemp>.tmp<suffixes>``.
+_TEMPORARY = re.compile(rf"^{re.escape(TEMP_PREFIX)}(?P<target>.+)\.[a-z0-9_]{{8}}\.tmp")
+
+
+def temporary_target(name):
+    """The file name an `atomic_path` temporary called `name` stands for (None if
+    `name` is not one)."""
+    match = _TEMPORARY.match(name)
+    return match["target"] if match else None
 
 
 def ensure_writable_dir(path, what="output directory"):

@@ -28,9 +28,10 @@ import contextlib
 
 import keras
 
-#: The values of ``bn_eval`` a BatchNorm layer takes. Commands add their own:
-#: ``"model"`` (each layer keeps its own) and, along a path, ``"recompute"``.
-BN_MODES = ("batch", "moving")
+#: The values of ``bn_eval`` a BatchNorm layer takes (one table, in
+#: keras_sharpness.config). Commands add their own: ``"model"`` (each layer
+#: keeps its own) and, along a path, ``"recompute"``.
+from keras_sharpness.config import BN_EVAL_MODES as BN_MODES
 
 
 def check_bn_eval(mode):

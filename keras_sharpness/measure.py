@@ -24,7 +24,15 @@ plain dict:
 * context: ``network``, ``checkpoint`` (its path), ``dataset``,
   ``hessian_top``, ``hessian_trace`` and ``versions``.
 
-A record store is a JSON file holding a list of records. `sweep` rewrites it
+Accuracy and mean cross-entropy of a model on both splits are records of the
+same store (`accuracy`): ``measure`` is ``"accuracy"``, the key ``model``,
+``checkpoint_sha256``, ``bn_eval`` and ``batch_size`` (the other key fields
+None), the values ``train_loss``, ``train_acc``, ``test_loss``,
+``test_acc``, and the same context. A record without ``measure`` is a
+sharpness record.
+
+A record store (`keras_sharpness.runs.RecordStore`, a run directory's
+``sharpness.json``) is a JSON file holding a list of records. It is rewritten
 atomically after every record, so an interrupted run keeps what it finished;
 a later sweep reuses every stored record whose key matches (the checkpoint's
 SHA-256 included, so a retrained model is measured again). Records written
@@ -218,8 +226,16 @@ def subjects(models):
 
 
 def record_key(record):
-    """The tuple of `RECORD_KEY` values of a record (None where one is missing)."""
-    return tuple(record.get(k) for k in RECORD_KEY)
+    """What a record answers: its ``measure`` (``"sharpness"`` where it names
+    none) and its `RECORD_KEY` values (None where one is missing)."""
+    return (record.get("measure", "sharpness"), *(record.get(k) for k in RECORD_KEY))
+
+
+def record_store(path):
+    """The `keras_sharpness.runs.RecordStore` at `path` (records keyed by `record_key`)."""
+    from keras_sharpness.runs import RecordStore
+
+    return RecordStore(path, key=record_key)
 
 
 def _key_fields(settings, *, model, checkpoint_sha256, subspace_dim, eps, bn_eval):
@@ -266,22 +282,6 @@ def make_record(result, settings, *, model, checkpoint_sha256=None, per_start=()
     }
 
 
-def read_records(path):
-    """The records stored at `path` (none if it does not exist).
-
-    Raises:
-        UserError: the file holds something else than a list of records.
-    """
-    from keras_sharpness import io
-
-    if not pathlib.Path(path).is_file():
-        return []
-    records = io.read_json(path)
-    if not isinstance(records, list):
-        raise UserError(f"{path} is not a list of sharpness records; move it away")
-    return records
-
-
 def training_loss(model, x, y, settings, num_samples=None):
     """The `TrainingLoss` that `settings` define, on ``(x, y)``."""
     from keras_sharpness.objective import TrainingLoss
@@ -301,8 +301,55 @@ def accuracy_and_loss(model, data, settings):
     return out
 
 
+def accuracy_key(settings, *, model, checkpoint_sha256, bn_eval):
+    """The key fields of an accuracy record (`record_key` of it)."""
+    return {"measure": "accuracy", "model": model, "checkpoint_sha256": checkpoint_sha256,
+            "bn_eval": bn_eval or "none", "batch_size": int(settings.eval_batch_size)}
+
+
+def accuracy(subject, data, settings, store, *, network=None, dataset=None):
+    """Accuracy and loss of one model on both splits: from the store, or computed
+    (`accuracy_and_loss`) and stored.
+
+    Args:
+        subject: a `Subject` or a ``(label, model or checkpoint)`` pair.
+        data: `keras_sharpness.data.ArrayData`, or a function returning it
+            (called only if the record must be computed).
+        settings: `MeasureSettings` (``bn_eval`` and ``eval_batch_size`` matter).
+        store: path of the record store.
+        network, dataset: context for the record.
+
+    Returns:
+        dict: ``train_loss``, ``train_acc``, ``test_loss``, ``test_acc``.
+    """
+    from keras_sharpness import io
+
+    (subject,) = subjects([subject])
+    model = subject.model if subject.model is not None else io.load_model(subject.checkpoint)
+    digest = None if subject.checkpoint is None else io.sha256(subject.checkpoint)
+    key = accuracy_key(settings, model=subject.label, checkpoint_sha256=digest,
+                       bn_eval=_bn_eval_of(model, settings.bn_eval))
+    store = record_store(store)
+    with store.open():
+        found = store.find(record_key(key))
+        if found:
+            return {k: found[-1][k] for k in ACCURACY_FIELDS}
+        values = accuracy_and_loss(model, data() if callable(data) else data, settings)
+        store.put({**key, "network": network or model.name,
+                   "checkpoint": None if subject.checkpoint is None else str(subject.checkpoint),
+                   "dataset": dataset, **values, "versions": io.versions()})
+        return values
+
+
+#: The values of an accuracy record.
+ACCURACY_FIELDS = ("train_loss", "train_acc", "test_loss", "test_acc")
+
+
 def measure_model(subject, data, settings, store, **sweep_options):
     """Accuracy and loss on both splits, and the model's records from `sweep`.
+
+    Both come from the record store where it holds them, so a measured model
+    is not measured again.
 
     Args:
         subject: a `Subject` or a ``(label, model or checkpoint)`` pair.
@@ -320,7 +367,8 @@ def measure_model(subject, data, settings, store, **sweep_options):
     (subject,) = subjects([subject])
     if subject.model is None:
         subject = subject._replace(model=io.load_model(subject.checkpoint))
-    return {**accuracy_and_loss(subject.model, data, settings),
+    context = {k: sweep_options.get(k) for k in ("network", "dataset")}
+    return {**accuracy(subject, data, settings, store, **context),
             "sharpness": sweep([subject], data, settings, store, **sweep_options)}
 
 
@@ -356,12 +404,11 @@ def sweep(models, data, settings, store, *, network=None, dataset=None, overwrit
         UserError: bad settings, a store in use or of another format.
         CheckpointError: a missing or unreadable checkpoint.
     """
-    from keras_sharpness import io, runs
+    from keras_sharpness import io
 
     echo = echo or _silent
-    store = pathlib.Path(store)
+    store = record_store(store)
     chosen = subjects(models)
-    io.ensure_writable_dir(store.parent, "record store directory")
     arrays = [] if callable(data) else [data]
 
     def training_data():
@@ -369,9 +416,8 @@ def sweep(models, data, settings, store, *, network=None, dataset=None, overwrit
             arrays.append(data())
         return arrays[0]
 
-    with runs.exclusive(store.parent, name=f".{store.name}.lock", what=str(store)):
+    with store.open():
         loaded = [(subject, _load(subject, settings)) for subject in chosen]
-        stored = read_records(store)
         versions = io.versions()
         done = []
         for subject, model in loaded:
@@ -384,10 +430,10 @@ def sweep(models, data, settings, store, *, network=None, dataset=None, overwrit
                                                  checkpoint_sha256=digest, subspace_dim=p,
                                                  eps=e, bn_eval=bn_eval))
                     where = f"{subject.label}{f' p={p}' if p else ''} eps={e:g}"
-                    found = [] if overwrite else [r for r in stored
-                                                  if _reusable(r, key, settings)]
+                    found = [] if overwrite else [r for r in store.find(key)
+                                                  if _reusable(r, settings)]
                     if found:
-                        echo(f"{where}: reusing the record in {store}")
+                        echo(f"{where}: reusing the record in {store.path}")
                         done.append(found[-1])
                         continue
                     if objective is None:
@@ -403,8 +449,7 @@ def sweep(models, data, settings, store, *, network=None, dataset=None, overwrit
                         dataset=dataset, hessian_top=hessian_top, hessian_trace=trace,
                         versions=versions)
                     done.append(record)
-                    stored = [r for r in stored if record_key(r) != record_key(record)] + [record]
-                    io.write_json(store, stored)
+                    store.put(record)
         return done
 
 
@@ -426,10 +471,9 @@ def _silent(line):
     del line
 
 
-def _reusable(record, key, settings):
-    """Whether a stored record answers `key` with the Hessian numbers asked for."""
-    return (record_key(record) == key
-            and (settings.hessian_topk == 0
+def _reusable(record, settings):
+    """Whether a stored record holds the Hessian numbers asked for."""
+    return ((settings.hessian_topk == 0
                  or len(record.get("hessian_top") or []) >= settings.hessian_topk)
             and (settings.hessian_trace_probes == 0 or bool(record.get("hessian_trace"))))
 

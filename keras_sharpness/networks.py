@@ -18,21 +18,11 @@ Theano code used ``(3, 32, 32)``.
 
 import keras
 
+# The names and their data sets are settings (checked before Keras loads):
+# one table, in keras_sharpness.config.
+from keras_sharpness.config import DEFAULT_DATASET, NETWORKS, check_network  # noqa: F401
 from keras_sharpness.errors import UserError
 from keras_sharpness.layers import SwitchableBatchNormalization, check_bn_eval
-
-NETWORKS = ("F1", "F2", "C1", "C2", "C3", "C4")
-
-#: The data set each network was trained on in the paper. F2 needs TIMIT,
-#: which is licensed: the user supplies it as ``npz:PATH`` (360-dim, 1973 classes).
-DEFAULT_DATASET = {
-    "F1": "mnist",
-    "F2": None,
-    "C1": "cifar10",
-    "C2": "cifar10",
-    "C3": "cifar100",
-    "C4": "cifar100",
-}
 
 #: Which architecture each name uses (C3/C4 are C1/C2 with 100 outputs).
 ARCHITECTURE = {
@@ -43,15 +33,6 @@ ARCHITECTURE = {
     "C3": "shallow_convolutional",
     "C4": "deep_convolutional",
 }
-
-
-def check_network(name):
-    """Returns the canonical network name (upper case) or raises `UserError`."""
-    canonical = str(name).upper()
-    if canonical not in NETWORKS:
-        raise UserError(
-            f"unknown network {name!r}; choose one of {', '.join(NETWORKS)}")
-    return canonical
 
 
 def _bn(bn_eval, synchronized, name=None):

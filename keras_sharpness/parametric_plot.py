@@ -49,13 +49,13 @@ def run(settings, **keywords):
     figures_dir = io.ensure_writable_dir(settings.figures_dir, "--figures_dir")
 
     # One owner per work directory: a second process is refused at once.
-    with runs.exclusive(workdir, what=f"--workdir {workdir}"):
+    with runs.RunDir(workdir, what=f"--workdir {workdir}").open() as run:
         training.make_deterministic(settings.training.seed)
         wanted = settings.data
         data = data_lib.load_arrays(wanted.dataset, data_dir=wanted.data_dir,
                                     train_size=wanted.train_size, test_size=wanted.test_size,
                                     seed=wanted.seed)
-        models = training.train_sb_lb(data, settings.run, workdir, verbose=verbose)
+        models = training.train_sb_lb(data, settings.run, run, verbose=verbose)
 
         if verbose:
             print(f"parametric plot: {sweep.num_points} points, alpha in "
@@ -67,8 +67,8 @@ def run(settings, **keywords):
             bn_eval=sweep.bn_eval, batch_size=sweep.eval_batch_size, verbose=bool(verbose))
         record = models["record"]
         json_path = workdir / "parametric.json"
-        sb_epochs = len(training.read_history(workdir / "sb_history.json"))
-        lb_epochs = len(training.read_history(workdir / "lb_history.json"))
+        sb_epochs = len(training.read_history(run.history("sb")))
+        lb_epochs = len(training.read_history(run.history("lb")))
         parametric.write_parametric_json(
             result, json_path, network=network, dataset=record["dataset"],
             seed=settings.training.seed, data=data.info.to_dict(),

@@ -44,8 +44,10 @@ def parse_eps(values):
 def locate_models(*, workdir=None, model=None, dataset=None, data_dir=None, output=None):
     """Which checkpoints to evaluate, on which data, and where the report goes.
 
-    Either ``workdir`` (holding ``sb.keras``, ``lb.keras`` and the
-    ``run.json`` of the run that trained them) or ``model`` with ``dataset``.
+    Either ``workdir`` (a run directory, `keras_sharpness.runs.RunDir`,
+    holding ``sb.keras``, ``lb.keras`` and the ``run.json`` of the run that
+    trained them; the report goes to its record store) or ``model`` with
+    ``dataset``.
 
     Returns:
         A dict with ``models`` (list of ``(label, path)``), ``network``,
@@ -55,26 +57,30 @@ def locate_models(*, workdir=None, model=None, dataset=None, data_dir=None, outp
     Raises:
         UserError: both or neither of workdir/model, missing files, no dataset.
     """
-    from keras_sharpness.io import read_json
+    from keras_sharpness.runs import RunDir
 
     if (workdir is None) == (model is None):
         raise UserError("give either --workdir (a run with sb.keras and lb.keras) or "
                         "--model PATH.keras with --dataset")
     if workdir is not None:
-        workdir = pathlib.Path(workdir)
-        if not workdir.is_dir():
+        folder = RunDir(workdir)
+        if not folder.path.is_dir():
             raise UserError(f"workdir {workdir} does not exist")
-        missing = [name for name in ("sb.keras", "lb.keras") if not (workdir / name).is_file()]
+        missing = [path.name for path in (folder.model("sb"), folder.model("lb"))
+                   if not path.is_file()]
         if missing:
             raise UserError(f"workdir {workdir} has no {' or '.join(missing)}; train the "
                             f"minimizers first (plot_parametric_plot.py --workdir {workdir})")
-        run = read_json(workdir / "run.json")
+        run = folder.manifest()
+        if run is None:
+            raise UserError(f"workdir {workdir} has no {folder.manifest_path.name} saying "
+                            f"what trained its models; pass --model and --dataset instead")
         if dataset is None:
             dataset = run.get("dataset")
         if data_dir is None:
             data_dir = run.get("data_dir")
         if not dataset:
-            raise UserError(f"{workdir / 'run.json'} records no dataset; pass --dataset")
+            raise UserError(f"{folder.manifest_path} records no dataset; pass --dataset")
         data = {"source": dataset, "data_dir": data_dir}
         # The training run may have used a seeded subset of the data set.
         for key in ("train_size", "test_size"):
@@ -82,9 +88,9 @@ def locate_models(*, workdir=None, model=None, dataset=None, data_dir=None, outp
                 data[key] = int(run[key])
         if "train_size" in data or "test_size" in data:
             data["seed"] = int(run.get("data_seed", run.get("seed", 0)))
-        return {"models": [("SB", workdir / "sb.keras"), ("LB", workdir / "lb.keras")],
+        return {"models": [("SB", folder.model("sb")), ("LB", folder.model("lb"))],
                 "network": run.get("network", "?"), "data": data,
-                "output": pathlib.Path(output) if output else workdir / "sharpness.json"}
+                "output": pathlib.Path(output) if output else folder.records_path}
     model = pathlib.Path(model)
     if not model.is_file():
         raise UserError(f"checkpoint {model} does not exist")

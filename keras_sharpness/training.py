@@ -74,6 +74,7 @@ import numpy as np
 
 from keras_sharpness import io
 from keras_sharpness import remedies as remedies_lib
+from keras_sharpness import runs
 from keras_sharpness.errors import CheckpointError, UserError
 
 STRATEGIES = ("default", "mirrored", "multiworker")
@@ -86,6 +87,12 @@ IDENTITY_KEYS = ("network", "dataset", "seed", "train_size", "sb_batch_size",
                  "conservative_lambda", "conservative_steps", "adversarial_eps",
                  "adversarial_clean_weight", "remedies_apply_to", "relative_min_delta",
                  "eval_batch_size", "keeps")
+
+#: The ``kind`` of a run directory of SB and LB minimizers in its manifest.
+KIND = "sb_lb"
+
+#: Identity keys that refuse a work directory even before it holds checkpoints.
+STRICT_KEYS = ("network", "dataset")
 
 #: Values of identity keys added later, for a ``run.json`` written before
 #: them: such a work directory was made without the Appendix E remedies.
@@ -229,17 +236,6 @@ class SeededBatches:
     def __len__(self):
         """Steps (optimizer micro-steps) per epoch."""
         return self.num_batches * self.accumulation_steps
-
-    def indices(self, epoch, step):
-        """Sample indices of micro-batch `step` of epoch `epoch`, and its weight."""
-        k = self.accumulation_steps
-        batch, part = divmod(step, k)
-        order = epoch_permutation(len(self.x), self.seed, epoch)
-        whole = order[batch * self.batch_size:(batch + 1) * self.batch_size]
-        if k == 1:
-            return whole, 1.0
-        piece = np.array_split(whole, k)[part]
-        return piece, k * len(piece) / len(whole)
 
     def batches(self, epoch):
         """Yields the (x, y) or (x, y, sample_weight) batches of one epoch."""
@@ -620,13 +616,14 @@ def run_manifest(settings, info, *, lb_batch_size_requested, status):
             ``"finished"``.
 
     Returns:
-        A dict: the identity (`run_identity`) and the other settings as flat
+        A dict: ``kind`` (`KIND`), the identity (`run_identity`) and the other settings as flat
         keys, which readers of every version use (``compute_sharpness.py
         --workdir``, the trials), ``settings`` (``settings.to_dict()``, what
         a resumed run is compared with), ``status``, seeds and versions.
     """
     t, d = settings.training, settings.data
     return {
+        "kind": KIND,
         **run_identity(settings),
         "data_dir": d.data_dir, "bn_eval": t.bn_eval,
         # Seed of the train/test subsets (`load_arrays(..., seed=)`), when it
@@ -672,58 +669,42 @@ def recorded_identity(record):
 def check_workdir(workdir, record):
     """Refuses a work directory whose checkpoints belong to another run.
 
+    `keras_sharpness.runs.RunDir.check` with the identity of
+    `recorded_identity`: another network or data set is refused always, other
+    `IDENTITY_KEYS` once the directory holds checkpoints.
+
     Args:
-        workdir: the directory.
+        workdir: the directory (a path or a `RunDir`).
         record: the new run's manifest (`run_manifest`; a dict of flat
             `IDENTITY_KEYS` is accepted too).
 
     Raises:
         CheckpointError: one line naming the settings that differ.
     """
-    workdir = pathlib.Path(workdir)
-    run_json = workdir / "run.json"
-    checkpoints = sorted(p.name for p in workdir.glob("*.keras")) if workdir.is_dir() else []
-    if not run_json.is_file():
-        if checkpoints:
-            raise CheckpointError(
-                f"workdir {workdir} holds checkpoints ({', '.join(checkpoints)}) but no "
-                f"run.json saying what made them; use another --workdir")
-        return
-    try:
-        old = io.read_json(run_json)
-    except CheckpointError:
-        raise CheckpointError(f"{run_json} is corrupt; use another --workdir or delete it") from None
-    old, new = recorded_identity(old), recorded_identity(record)
-    if old.get("network") != new["network"] or old.get("dataset") != new["dataset"]:
-        raise CheckpointError(
-            f"workdir {workdir} holds checkpoints of network {old.get('network')} on "
-            f"{old.get('dataset')}, not {new['network']} on {new['dataset']}; use "
-            f"another --workdir")
-    differ = [k for k in IDENTITY_KEYS if k in old and old[k] != new.get(k)]
-    if differ and checkpoints:
-        diffs = ", ".join(f"{k}={old[k]!r} (now {new.get(k)!r})" for k in differ)
-        raise CheckpointError(f"workdir {workdir} was made with {diffs}; use another "
-                              f"--workdir or the same flags")
+    _run_dir(workdir).check({"kind": KIND, **record}, identity=recorded_identity,
+                            strict=STRICT_KEYS)
 
 
-def train_sb_lb(data, settings, workdir, *, verbose=1, callbacks=(), **keywords):
+def _run_dir(workdir):
+    return workdir if isinstance(workdir, runs.RunDir) else runs.RunDir(workdir)
+
+
+def train_sb_lb(data, settings, workdir, *, verbose=1, callbacks=()):
     """Trains (or reuses) the SB and LB minimizers from one x0 in `workdir`.
 
-    The work directory holds ``x0.keras``, ``sb.keras``, ``lb.keras``,
-    ``sb_history.json``, ``lb_history.json``, ``backups/{sb,lb}/`` while a run
-    is unfinished, and ``run.json`` (`run_manifest`: the settings, resolved
-    against the data, seeds, status and versions). A work directory made with
-    other settings is refused before anything is written (`check_workdir`).
-    Accumulation applies to LB only; the remedies to the runs named by
-    ``remedies_apply_to``.
+    The work directory (`keras_sharpness.runs.RunDir`, held for the call)
+    holds ``x0.keras``, ``sb.keras``, ``lb.keras``, ``sb_history.json``,
+    ``lb_history.json``, ``backups/{sb,lb}/`` while a run is unfinished, and
+    ``run.json`` (`run_manifest`: the settings, resolved against the data,
+    seeds, status and versions). A work directory made with other settings is
+    refused before anything is written (`check_workdir`). Accumulation
+    applies to LB only; the remedies to the runs named by ``remedies_apply_to``.
 
     Args:
         data: `keras_sharpness.data.ArrayData`, loaded as ``settings.data`` says.
-        settings: `keras_sharpness.config.RunSettings`. Earlier versions took
-            the network name here and the settings as keyword arguments
-            (``dataset=``, ``sb_batch_size=``, ..., ``data_seed=``); that call
-            still works (`RunSettings.from_keywords`).
-        workdir: the work directory.
+        settings: `keras_sharpness.config.RunSettings`.
+        workdir: the work directory: a path, or a `RunDir` (e.g. one the
+            caller holds already).
         verbose: `fit` verbosity (0 silent, 1 progress bars, 2 one line per epoch).
         callbacks: more Keras callbacks for both runs (`train_minimizer`).
 
@@ -732,16 +713,9 @@ def train_sb_lb(data, settings, workdir, *, verbose=1, callbacks=(), **keywords)
 
     Raises:
         UserError: batch sizes the data does not allow, remedies it cannot
-            take, a foreign work directory, divergence.
+            take, a foreign or busy work directory, divergence.
     """
-    from keras_sharpness.config import RunSettings
-
-    if isinstance(settings, str):
-        settings = RunSettings.from_keywords(settings, **keywords)
-    elif keywords:
-        raise TypeError(f"train_sb_lb takes its settings in `settings`, not as keywords "
-                        f"({', '.join(sorted(keywords))})")
-    workdir = pathlib.Path(workdir)
+    run = _run_dir(workdir)
     t = settings.training
     n = data.info.train_size
     lb_requested = t.lb_batch_size
@@ -768,42 +742,43 @@ def train_sb_lb(data, settings, workdir, *, verbose=1, callbacks=(), **keywords)
         training=dataclasses.replace(t, sb_batch_size=sb, lb_batch_size=lb))
     record = run_manifest(resolved, data.info, lb_batch_size_requested=lb_requested,
                           status="training")
-    check_workdir(workdir, record)
     chief = is_chief(strategy)
-    if chief:
-        io.write_json(workdir / "run.json", record)
-    x0 = initial_point(workdir / "x0.keras", t.network, data.info, seed=t.seed,
-                       bn_eval=t.bn_eval)
-    models = {"x0": x0}
-    options = dataclasses.asdict(remedies)
-    for name, batch, k in (("sb", sb, 1), ("lb", lb, t.accumulation_steps)):
-        out = workdir / f"{name}.keras"
-        if out.is_file():
-            if verbose:
-                print(f"{name.upper()}: reusing finished {out}", flush=True)
-            models[name] = io.load_model(out)
-            continue
-        models[name] = train_minimizer(
-            x0, t.network, data.info, data.x_train, data.y_train, batch_size=batch,
-            out_path=out, history_path=workdir / f"{name}_history.json",
-            backup_dir=workdir / "backups" / name, run_name=name.upper(),
-            epochs=t.epochs, until_converged=t.until_converged, patience=t.patience,
-            min_delta=t.min_delta, max_epochs=t.max_epochs, seed=t.seed,
-            relative_min_delta=t.relative_min_delta, eval_batch_size=t.eval_batch_size,
-            strategy=strategy, accumulation_steps=k, bn_eval=t.bn_eval,
-            verbose=verbose, callbacks=callbacks,
-            **(options if name in remedied else {}))
-    backups = workdir / "backups"
-    if backups.is_dir() and not any(backups.iterdir()):
-        backups.rmdir()
-    record = {**record, "status": "finished"}
-    if chief:
-        io.write_json(workdir / "run.json", record)
+    with run.open():
+        if chief:
+            run.claim(record, identity=recorded_identity, strict=STRICT_KEYS)
+        else:
+            check_workdir(run, record)
+        x0 = initial_point(run.model("x0"), t.network, data.info, seed=t.seed,
+                           bn_eval=t.bn_eval)
+        models = {"x0": x0}
+        options = dataclasses.asdict(remedies)
+        for name, batch, k in (("sb", sb, 1), ("lb", lb, t.accumulation_steps)):
+            out = run.model(name)
+            if out.is_file():
+                if verbose:
+                    print(f"{name.upper()}: reusing finished {out}", flush=True)
+                models[name] = io.load_model(out)
+                continue
+            models[name] = train_minimizer(
+                x0, t.network, data.info, data.x_train, data.y_train, batch_size=batch,
+                out_path=out, history_path=run.history(name), backup_dir=run.backup(name),
+                run_name=name.upper(), epochs=t.epochs, until_converged=t.until_converged,
+                patience=t.patience, min_delta=t.min_delta, max_epochs=t.max_epochs,
+                seed=t.seed, relative_min_delta=t.relative_min_delta,
+                eval_batch_size=t.eval_batch_size, strategy=strategy, accumulation_steps=k,
+                bn_eval=t.bn_eval, verbose=verbose, callbacks=callbacks,
+                **(options if name in remedied else {}))
+        backups = run.backup("sb").parent
+        if backups.is_dir() and not any(backups.iterdir()):
+            backups.rmdir()
+        record = {**record, "status": "finished"}
+        if chief:
+            run.write_manifest(record)
     models["record"] = record
     return models
 
 
-__all__ = ["STRATEGIES", "SeededBatches", "TrainingDivergedError", "canonical_source",
+__all__ = ["KIND", "STRATEGIES", "SeededBatches", "TrainingDivergedError", "canonical_source",
            "check_workdir", "epoch_permutation", "initial_point",
            "make_deterministic", "make_strategy", "read_history", "recorded_identity",
            "resolve_batch_size", "run_identity", "run_manifest", "train_minimizer",

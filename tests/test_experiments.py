@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from keras_sharpness.data import ArrayData
+from keras_sharpness.errors import CheckpointError
 from keras_sharpness.experiments import batch_sweep, trajectory, trials, warm_start
 from keras_sharpness.measure import MeasureSettings
 
@@ -47,9 +48,44 @@ SETTINGS = MeasureSettings(eps=(1e-3, 5e-4), subspace_dims=(0, 4), maxiter=2,
 TRAINING = dict(sb_batch_size=8, lb_batch_size=32, epochs=1)
 
 
+def _run_settings(**training):
+    from keras_sharpness.config import DataSettings, RunSettings, TrainingSettings
+
+    return RunSettings(DataSettings("tiny"), TrainingSettings("F1", **{**TRAINING, **training}))
+
+
+def _old_record(record):
+    """A sharpness record as versions before one schema kept it in a memo."""
+    renamed = {"sharpness": "phi", "best_start": "start", "num_train_samples": "num_samples"}
+    dropped = ("model", "checkpoint_sha256", "network", "checkpoint", "dataset", "versions",
+               "hessian_top", "hessian_trace")
+    return {renamed.get(k, k): v for k, v in record.items() if k not in dropped}
+
+
+def _old_memo(key, value):
+    """``{"key", "value"}`` as earlier versions' ``*measurements.json`` held them."""
+    def old(measured):
+        if not isinstance(measured, dict) or "train_acc" not in measured:
+            return measured
+        return {**measured, "sharpness": [_old_record(r) for r in measured.get("sharpness", [])]}
+
+    return {"key": key, "value": old(value) if "train_acc" in value else
+            {k: old(v) for k, v in value.items()}}
+
+
+def _forbid_work(monkeypatch):
+    """Training and every measurement raise: what runs must come from the files."""
+    def forbidden(*args, **kwargs):
+        raise AssertionError("finished work was recomputed")
+
+    monkeypatch.setattr("keras_sharpness.training.train_minimizer", forbidden)
+    monkeypatch.setattr("keras_sharpness.metric.sharpness_multistart", forbidden)
+    monkeypatch.setattr("keras_sharpness.measure.accuracy_and_loss", forbidden)
+
+
 def test_trials_tables_and_resume(tiny, tmp_path, monkeypatch):
-    data, text = trials.run(tiny, "F1", tmp_path, dataset="tiny", trials=2,
-                            settings=SETTINGS, training_kwargs=TRAINING, verbose=0)
+    data, text = trials.run(tiny, _run_settings(), tmp_path, trials=2, settings=SETTINGS,
+                            verbose=0)
     assert (tmp_path / "tables.md").read_text() == text
     stored = json.loads((tmp_path / "tables.json").read_text())
     assert stored["table2"]["test_sb"]["n"] == 2
@@ -78,25 +114,33 @@ def test_trials_tables_and_resume(tiny, tmp_path, monkeypatch):
         ("SB", 0, 1e-3), ("SB", 0, 5e-4), ("SB", 4, 1e-3), ("SB", 4, 5e-4)]
     assert all("phi" not in r and r["checkpoint_sha256"] for r in records)
     store = json.loads((tmp_path / "trial0" / "sharpness.json").read_text())
-    assert sorted(r["model"] for r in store) == ["LB"] * 4 + ["SB"] * 4
-    assert [r for r in store if r["model"] == "SB"] == records
+    assert sorted((r.get("measure", "sharpness"), r["model"]) for r in store) == (
+        [("accuracy", "LB"), ("accuracy", "SB")] + [("sharpness", "LB")] * 4
+        + [("sharpness", "SB")] * 4)
+    assert [r for r in store if r["model"] == "SB" and "measure" not in r] == records
+    accuracy = next(r for r in store if r.get("measure") == "accuracy" and r["model"] == "SB")
+    assert accuracy["test_acc"] == stored["per_trial"][0]["sb"]["test_acc"]
+    assert accuracy["checkpoint_sha256"] == records[0]["checkpoint_sha256"]
+    # Every folder is a run directory with its manifest, finished.
+    assert json.loads((tmp_path / "run.json").read_text())["kind"] == "trials"
+    for folder in (tmp_path, tmp_path / "trial0", tmp_path / "trial1"):
+        assert json.loads((folder / "run.json").read_text())["status"] == "finished"
 
-    # A finished trial is not run again: training and measuring are never called,
-    # also where its measurements were stored by the version before one schema.
-    def forbidden(*args, **kwargs):
-        raise AssertionError("finished trial was recomputed")
-
-    old = json.loads((tmp_path / "trial1" / "measurements.json").read_text())
-    for name in ("sb", "lb"):
-        old["value"][name]["sharpness"] = [
-            {("phi" if k == "sharpness" else k): v for k, v in r.items()}
-            for r in old["value"][name]["sharpness"]]
-    (tmp_path / "trial1" / "measurements.json").write_text(json.dumps(old))
-    monkeypatch.setattr("keras_sharpness.training.train_minimizer", forbidden)
-    monkeypatch.setattr("keras_sharpness.experiments.trials.measure_model", forbidden)
-    again, _ = trials.run(tiny, "F1", tmp_path, dataset="tiny", trials=2,
-                          settings=SETTINGS, training_kwargs=TRAINING, verbose=0)
+    # A finished trial is not run again: nothing is trained or measured, the
+    # records answer; also where an earlier version kept the trial's
+    # measurements only in its memo (measurements.json, records under "phi").
+    run_json = json.loads((tmp_path / "trial1" / "run.json").read_text())
+    (tmp_path / "trial1" / "sharpness.json").unlink()
+    key = {"settings": SETTINGS.to_dict(), "run": trials._memo_identity(run_json)}
+    (tmp_path / "trial1" / "measurements.json").write_text(json.dumps(_old_memo(
+        key, {k: stored["per_trial"][1][k] for k in ("seed", "sb", "lb", "distance_ratio")})))
+    _forbid_work(monkeypatch)
+    again, _ = trials.run(tiny, _run_settings(), tmp_path, trials=2, settings=SETTINGS,
+                          verbose=0)
+    assert again["table2"] == stored["table2"]
     assert again["table3"] == stored["table3"] and again["table4"] == stored["table4"]
+    adopted = json.loads((tmp_path / "trial1" / "sharpness.json").read_text())
+    assert len(adopted) == 10  # the memo's records moved into the store
 
 
 def _without_timings(record):
@@ -111,10 +155,10 @@ def test_compute_sharpness_and_the_experiments_make_the_same_records(tiny, tmp_p
 
     settings = MeasureSettings(eps=(1e-3, 5e-4), subspace_dims=(0, 4), maxiter=3,
                                eval_batch_size=32, seed=2)
-    trials.run(tiny, "F1", tmp_path, dataset="tiny", trials=1, settings=settings,
-               training_kwargs=TRAINING, verbose=0)
+    tables, _ = trials.run(tiny, _run_settings(), tmp_path, trials=1, settings=settings,
+                           verbose=0)
     trial = tmp_path / "trial0"
-    measured = json.loads((trial / "measurements.json").read_text())["value"]
+    measured = tables["per_trial"][0]
     np.savez(tmp_path / "tiny.npz", x_train=tiny.x_train, y_train=tiny.y_train,
              x_test=tiny.x_test, y_test=tiny.y_test)
     models = [("SB", trial / "sb.keras"), ("LB", trial / "lb.keras")]
@@ -160,6 +204,32 @@ def test_batch_sweep_files(tiny, tmp_path):
     assert result["sharpness"][0] >= 0
 
 
+def test_an_experiment_directory_of_an_earlier_version_is_reused(tiny, tmp_path,
+                                                                 monkeypatch):
+    # Earlier versions: experiment.json (no run.json) and a memo per point
+    # (no record store).
+    settings = MeasureSettings(eps=(1e-3,), subspace_dims=(0,), maxiter=2, eval_batch_size=32)
+    kwargs = dict(dataset="tiny", batch_sizes=[32], settings=settings,
+                  training_kwargs={"epochs": 1}, figures_dir=tmp_path / "fig", verbose=0)
+    first = batch_sweep.run(tiny, "F1", tmp_path / "w", **kwargs)
+    folder = tmp_path / "w"
+    manifest = json.loads((folder / "run.json").read_text())
+    assert manifest["kind"] == "batch_sweep" and manifest["status"] == "finished"
+    (folder / "experiment.json").write_text(json.dumps(manifest["settings"]))
+    (folder / "run.json").unlink()
+    (folder / "sharpness.json").unlink()
+    point = {k: v for k, v in first["points"][0].items() if k != "batch_size"}
+    (folder / "batch32_measurements.json").write_text(json.dumps(_old_memo(
+        {"batch": 32, "settings": settings.to_dict()}, point)))
+
+    _forbid_work(monkeypatch)
+    again = batch_sweep.run(tiny, "F1", folder, **kwargs)
+    assert again["test_acc"] == first["test_acc"] and again["sharpness"] == first["sharpness"]
+    assert json.loads((folder / "run.json").read_text())["settings"] == manifest["settings"]
+    with pytest.raises(CheckpointError, match="epochs=1 \\(now 2\\)"):
+        batch_sweep.run(tiny, "F1", folder, **{**kwargs, "training_kwargs": {"epochs": 2}})
+
+
 def test_warm_start_files(tiny, tmp_path):
     settings = MeasureSettings(eps=(1e-3,), subspace_dims=(0,), maxiter=2, eval_batch_size=32)
     result = warm_start.run(tiny, "F1", tmp_path / "w", dataset="tiny", sb_epochs=2,
@@ -195,12 +265,10 @@ def test_trajectory_files(tiny, tmp_path):
 
 
 def test_workdir_of_other_flags_is_refused(tiny, tmp_path):
-    from keras_sharpness.errors import CheckpointError
-
     settings = MeasureSettings(eps=(1e-3,), subspace_dims=(0,), maxiter=1, eval_batch_size=32)
     kwargs = dict(dataset="tiny", settings=settings, figures_dir=tmp_path / "fig", verbose=0)
     batch_sweep.run(tiny, "F1", tmp_path, batch_sizes=[32], training_kwargs={"epochs": 1}, **kwargs)
-    with pytest.raises(CheckpointError, match="other flags"):
+    with pytest.raises(CheckpointError, match="training.epochs=1 \\(now 2\\)"):
         batch_sweep.run(tiny, "F1", tmp_path, batch_sizes=[32], training_kwargs={"epochs": 2},
                         **kwargs)
 
@@ -223,8 +291,8 @@ def test_sensitivity_report_on_saved_trials_without_retraining(tiny, tmp_path, m
     from keras_sharpness.experiments import sensitivity
     from keras_sharpness.io import save_model, write_json
 
-    trials.run(tiny, "F1", tmp_path, dataset="tiny", trials=2, settings=SETTINGS,
-               training_kwargs=dict(TRAINING, epochs=3), verbose=0)
+    trials.run(tiny, _run_settings(epochs=3), tmp_path, trials=2, settings=SETTINGS,
+               verbose=0)
     np.savez(tmp_path / "tiny.npz", x_train=tiny.x_train, y_train=tiny.y_train,
              x_test=tiny.x_test, y_test=tiny.y_test)
     for t in (0, 1):  # point the trials at data compute_sharpness can load

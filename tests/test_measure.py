@@ -88,7 +88,7 @@ def test_a_record_has_the_one_schema():
     assert [set(s) for s in record["per_start"]] == [
         {"start", "sharpness", "phi_paper", "iterations", "message"}] * 2
     assert record["sharpness"] == max(s["sharpness"] for s in record["per_start"])
-    assert measure.record_key(record) == ("Q", None, 0.1, 0, 5, 0, "zero,corner", "none", 7,
+    assert measure.record_key(record) == ("sharpness", "Q", None, 0.1, 0, 5, 0, "zero,corner", "none", 7,
                                           None, "identity")
     json.dumps(record)  # JSON-ready
     # SharpnessResult.to_dict speaks the same names.
@@ -163,5 +163,5 @@ def test_sweep_refuses_bad_input_in_one_line(toy, tmp_path):
         measure.sweep([("a", model)], data, MeasureSettings(eps=(1e-2,), subspace_dims=(10**6,)),
                       tmp_path / "r.json")
     (tmp_path / "r.json").write_text("{}")
-    with pytest.raises(UserError, match="not a list of sharpness records"):
+    with pytest.raises(UserError, match="not a list of measurement records"):
         measure.sweep([("a", model)], data, settings, tmp_path / "r.json")

@@ -180,6 +180,13 @@ def _image_data():
     return ArrayData.from_arrays(x[:40], y[:40], x[40:], y[40:], name="tiny", num_classes=3)
 
 
+def _settings(**training_settings):
+    from keras_sharpness.config import DataSettings, RunSettings, TrainingSettings
+
+    return RunSettings(DataSettings("tiny"), TrainingSettings(
+        "F1", **{"sb_batch_size": 20, "lb_batch_size": 40, "epochs": 1, **training_settings}))
+
+
 @pytest.mark.parametrize("options", [
     {"augment": True},
     {"conservative_lambda": 1e-3},
@@ -189,8 +196,7 @@ def test_train_sb_lb_with_a_remedy_records_it_and_saves_the_plain_network(tmp_pa
     import keras
 
     data = _image_data()
-    models = training.train_sb_lb(data, "F1", tmp_path, dataset="tiny", sb_batch_size=20,
-                                  lb_batch_size=40, epochs=1, verbose=0, **options)
+    models = training.train_sb_lb(data, _settings(**options), tmp_path, verbose=0)
     run = json.loads((tmp_path / "run.json").read_text())
     for key, value in options.items():
         assert run[key] == value
@@ -213,8 +219,7 @@ def test_train_sb_lb_with_a_remedy_records_it_and_saves_the_plain_network(tmp_pa
 
     # A work directory made with a remedy refuses a run without it, and back.
     with pytest.raises(CheckpointError, match=key):
-        training.train_sb_lb(data, "F1", tmp_path, dataset="tiny", sb_batch_size=20,
-                             lb_batch_size=40, epochs=1, verbose=0)
+        training.train_sb_lb(data, _settings(), tmp_path, verbose=0)
 
 
 def test_workdir_made_before_remedies_existed_is_refused_with_a_remedy(tmp_path):
@@ -234,8 +239,8 @@ def test_augment_on_feature_vectors_is_refused_before_training(tmp_path):
     data = ArrayData.from_arrays(rng.normal(size=(20, 6)), rng.integers(0, 2, 20),
                                  rng.normal(size=(4, 6)), rng.integers(0, 2, 4))
     with pytest.raises(UserError, match="image inputs"):
-        training.train_sb_lb(data, "F1", tmp_path, dataset="x", sb_batch_size=4,
-                             lb_batch_size=20, epochs=1, verbose=0, augment=True)
+        training.train_sb_lb(data, _settings(sb_batch_size=4, lb_batch_size=20, augment=True),
+                             tmp_path, verbose=0)
     assert not (tmp_path / "x0.keras").exists()
 
 

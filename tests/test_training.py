@@ -10,7 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from keras_sharpness import training
+from keras_sharpness import runs, training
 from keras_sharpness.errors import CheckpointError, UserError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -308,7 +308,7 @@ def test_workdir_of_another_network_or_flags_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="no run.json"):
         training.check_workdir(tmp_path, record)
     (tmp_path / "run.json").write_text(json.dumps({**record, "network": "C1"}))
-    with pytest.raises(CheckpointError, match="network C1"):
+    with pytest.raises(CheckpointError, match="network='C1' \\(now 'F1'\\)"):
         training.check_workdir(tmp_path, record)
     (tmp_path / "run.json").write_text(json.dumps({**record, "seed": 1}))
     with pytest.raises(CheckpointError, match="seed=1"):
@@ -364,7 +364,7 @@ def test_a_resumed_run_is_compared_with_the_settings_its_manifest_records(tmp_pa
         training.check_workdir(tmp_path, manifest)
 
 
-def test_train_sb_lb_records_its_settings_and_its_keyword_call_trains_the_same(
+def test_train_sb_lb_records_its_settings_and_trains_the_same_in_a_held_run_dir(
         tmp_path, monkeypatch):
     import dataclasses
 
@@ -391,19 +391,23 @@ def test_train_sb_lb_records_its_settings_and_its_keyword_call_trains_the_same(
     assert run["lb_batch_size_requested"] == 0.5 and run["seed"] == run["data_seed"] == 0
     assert "tensorflow" in run["versions"]
 
-    legacy = training.train_sb_lb(data, "F1", tmp_path / "b", dataset="random",
-                                  sb_batch_size=30, lb_batch_size=0.5, epochs=1, verbose=0)
+    assert run["kind"] == training.KIND
+    assert not (tmp_path / "a" / "backups").exists()
+    assert (tmp_path / "a" / runs.LOCK_NAME).read_text() == ""  # held, then released
+
+    # A caller holding the directory (parametric_plot.run, a trial) passes its RunDir.
+    with runs.RunDir(tmp_path / "b").open() as held:
+        again = training.train_sb_lb(data, settings, held, verbose=0)
+        assert held.is_open
     for name in ("sb", "lb"):
-        for a, b in zip(models[name].get_weights(), legacy[name].get_weights()):
+        for a, b in zip(models[name].get_weights(), again[name].get_weights()):
             np.testing.assert_array_equal(a, b)
-    assert {k: v for k, v in legacy["record"].items() if k != "versions"} == {
+    assert {k: v for k, v in again["record"].items() if k != "versions"} == {
         k: v for k, v in run.items() if k != "versions"}
 
     with pytest.raises(CheckpointError, match="epochs=1 \\(now 2\\)"):
         training.train_sb_lb(data, _run_settings(lb_batch_size=0.5, epochs=2), tmp_path / "a",
                              verbose=0)
-    with pytest.raises(TypeError, match="not as keywords"):
-        training.train_sb_lb(data, settings, tmp_path / "a", epochs=2)
 
 
 MIRRORED_SCRIPT = textwrap.dedent("""

@@ -17,9 +17,9 @@ import functools
 import pathlib
 import time
 
-from keras_sharpness import io
+from keras_sharpness import io, migrate
 from keras_sharpness.experiments import figures
-from keras_sharpness.experiments.measure import cached, claim_workdir, train_or_reuse
+from keras_sharpness.experiments.measure import experiment_dir, train_or_reuse
 from keras_sharpness.measure import Subject, measure_model
 
 
@@ -41,40 +41,44 @@ def run(data, network, workdir, *, dataset, batch_sizes, settings, training_kwar
     workdir = pathlib.Path(workdir)
     started = time.time()
     sizes = [resolve_batch_size(b, data.info.train_size) for b in batch_sizes]
-    claim_workdir(workdir, {"experiment": "batch_sweep", "network": network,
-                            "dataset": dataset, "seed": seed, "training": training_kwargs})
-    x0 = initial_point(workdir / "x0.keras", network, data.info, seed=seed,
-                       bn_eval=settings.bn_eval)
-    points = []
-    echo = functools.partial(print, flush=True) if verbose else None
-    for batch in sizes:
-        path = workdir / f"batch{batch}.keras"
-        model = train_or_reuse(x0, network, data, path,
-                               batch_size=batch, seed=seed, bn_eval=settings.bn_eval,
-                               training_kwargs=training_kwargs, run_name=f"B={batch}",
-                               verbose=verbose)
-        key = {"batch": batch, "settings": settings.to_dict()}
-        measured = cached(workdir / f"batch{batch}_measurements.json", key, lambda: measure_model(
-            Subject(path.stem, model, path), data, settings, workdir / "sharpness.json",
-            network=network, dataset=dataset, echo=echo))
-        points.append({"batch_size": batch, **measured})
-        if verbose:
-            print(f"B={batch}: test acc {100 * measured['test_acc']:.2f}%, "
-                  f"phi {measured['sharpness'][0]['sharpness']:.4g}", flush=True)
-    result = {"network": network, "dataset": dataset, "seed": seed,
-              "batch_sizes": sizes,
-              "test_acc": [p["test_acc"] for p in points],
-              "train_acc": [p["train_acc"] for p in points],
-              "sharpness": [p["sharpness"][0]["sharpness"] for p in points],
-              "sharpness_setting": {"eps": settings.eps[0], "subspace_dim": settings.subspace_dims[0]},
-              "points": points, "settings": settings.to_dict(), "training": training_kwargs,
-              "seconds": time.time() - started, "versions": io.versions()}
-    io.write_json(workdir / "batch_sweep.json", result)
-    result["figures"] = [str(p) for p in figures.plot_batch_sweep(
-        sizes, result["test_acc"], result["sharpness"],
-        pathlib.Path(figures_dir or workdir) / f"{network}_batch_sweep",
-        title=f"{network}: batch-size sweep (Figure 4)", phi_label=phi_label(settings))]
-    return result
+    with experiment_dir(workdir, "batch_sweep", {"network": network, "dataset": dataset,
+                                                 "seed": seed, "training": training_kwargs}) as run:
+        x0 = initial_point(run.model("x0"), network, data.info, seed=seed,
+                           bn_eval=settings.bn_eval)
+        points = []
+        echo = functools.partial(print, flush=True) if verbose else None
+        for batch in sizes:
+            path = run.model(f"batch{batch}")
+            model = train_or_reuse(x0, network, data, path,
+                                   batch_size=batch, seed=seed, bn_eval=settings.bn_eval,
+                                   training_kwargs=training_kwargs, run_name=f"B={batch}",
+                                   verbose=verbose)
+            subject = Subject(path.stem, model, path)
+            # Measured by a version that kept a memo per point: its records are reused.
+            migrate.adopt_memo(workdir / f"batch{batch}_measurements.json",
+                               {"batch": batch, "settings": settings.to_dict()}, {None: subject},
+                               settings, run.records_path, network=network, dataset=dataset)
+            measured = measure_model(subject, data, settings, run.records_path,
+                                     network=network, dataset=dataset, echo=echo)
+            points.append({"batch_size": batch, **measured})
+            if verbose:
+                print(f"B={batch}: test acc {100 * measured['test_acc']:.2f}%, "
+                      f"phi {measured['sharpness'][0]['sharpness']:.4g}", flush=True)
+        result = {"network": network, "dataset": dataset, "seed": seed,
+                  "batch_sizes": sizes,
+                  "test_acc": [p["test_acc"] for p in points],
+                  "train_acc": [p["train_acc"] for p in points],
+                  "sharpness": [p["sharpness"][0]["sharpness"] for p in points],
+                  "sharpness_setting": {"eps": settings.eps[0],
+                                        "subspace_dim": settings.subspace_dims[0]},
+                  "points": points, "settings": settings.to_dict(), "training": training_kwargs,
+                  "seconds": time.time() - started, "versions": io.versions()}
+        io.write_json(workdir / "batch_sweep.json", result)
+        result["figures"] = [str(p) for p in figures.plot_batch_sweep(
+            sizes, result["test_acc"], result["sharpness"],
+            pathlib.Path(figures_dir or workdir) / f"{network}_batch_sweep",
+            title=f"{network}: batch-size sweep (Figure 4)", phi_label=phi_label(settings))]
+        return result
 
 
 def main(argv):

@@ -84,8 +84,9 @@ def settings_from_flags(FLAGS):
 
 
 def training_keywords(settings):
-    """The ``training_kwargs`` the experiments pass on: `train_sb_lb` keywords
-    (`RunSettings.from_keywords`) of `settings` but the per-run ones."""
+    """The ``training_kwargs`` the figure experiments pass on (and record in
+    their manifests, as they always did): the training and data settings as
+    flat keywords, but the per-run ones (network, seed, bn_eval, ...)."""
     t, d = settings.training, settings.data
     return dict(
         sb_batch_size=t.sb_batch_size, lb_batch_size=t.lb_batch_size, epochs=t.epochs,
@@ -102,7 +103,8 @@ def common_from_flags(FLAGS, experiment):
         dict: ``network``, ``dataset``, ``data``, ``run_settings``
         (`keras_sharpness.config.RunSettings`), ``settings``
         (`MeasureSettings`), ``training_kwargs`` (`training_keywords`),
-        ``workdir``, ``figures_dir``, ``verbose``.
+        ``workdir``, ``run_dir`` (its `keras_sharpness.runs.RunDir`, held
+        until the process exits), ``figures_dir``, ``verbose``.
     """
     from keras_sharpness import io, runs
     from keras_sharpness.cli import default_verbosity
@@ -126,7 +128,7 @@ def common_from_flags(FLAGS, experiment):
                                      "--workdir")
     figures_dir = io.ensure_writable_dir(FLAGS.figures_dir or workdir, "--figures_dir")
     # The command owns its work directory until it exits.
-    runs.hold(workdir, what=f"--workdir {workdir}")
+    run_dir = runs.RunDir(workdir, what=f"--workdir {workdir}").hold()
     make_deterministic(run_settings.training.seed)
     data = load_arrays(wanted.dataset, data_dir=wanted.data_dir,
                        train_size=wanted.train_size, test_size=wanted.test_size,
@@ -140,7 +142,7 @@ def common_from_flags(FLAGS, experiment):
     return dict(network=network, dataset=canonical_source(wanted.dataset), data=data,
                 run_settings=run_settings, settings=settings,
                 training_kwargs=training_keywords(run_settings), workdir=workdir,
-                figures_dir=figures_dir, verbose=verbose)
+                run_dir=run_dir, figures_dir=figures_dir, verbose=verbose)
 
 
 def resolved_batch_sizes(common):

@@ -1,10 +1,10 @@
-"""What the experiments share besides measuring: work directories, training, memos.
+"""What the experiments share besides measuring: work directories and training.
 
 Accuracy and sharpness of a model are measured by `keras_sharpness.measure`
-(one sweep, one record schema), imported from there.
+(one sweep, one record schema, one record store per work directory).
 """
 
-import json
+import contextlib
 import pathlib
 
 import numpy as np
@@ -17,27 +17,6 @@ def weight_distance(a, b):
     """Euclidean distance between the trainable weights of two models."""
     return float(np.sqrt(sum(np.sum((np.asarray(u, np.float64) - np.asarray(v, np.float64)) ** 2)
                              for u, v in zip(a.trainable_weights, b.trainable_weights))))
-
-
-def cached(path, key, compute):
-    """Returns ``compute()``, stored in JSON at `path` and reused while `key` matches.
-
-    An interrupted experiment re-run with the same flags finds every finished
-    measurement here and does not redo it. The file is read through
-    `keras_sharpness.io.read_json`, so one written by an earlier version
-    (e.g. sharpness records under ``phi``) is upgraded and reused.
-    """
-    path = pathlib.Path(path)
-    if path.is_file():
-        try:
-            stored = io.read_json(path)
-        except Exception:
-            stored = None
-        if stored and stored.get("key") == key:
-            return stored["value"]
-    value = compute()
-    io.write_json(path, {"key": key, "value": value})
-    return value
 
 
 class SaveEvery:
@@ -76,26 +55,32 @@ def _plain(model):
     return clone
 
 
-def claim_workdir(workdir, identity):
-    """Records what an experiment's work directory is for; refuses another use.
+@contextlib.contextmanager
+def experiment_dir(workdir, kind, identity):
+    """Holds an experiment's work directory (`keras_sharpness.runs.RunDir`) for the block.
+
+    Its manifest (``run.json``: ``kind``, ``settings`` = `identity`,
+    ``status``, versions) is written, or compared with the recorded one: a
+    directory made with other flags is refused once it holds checkpoints, one
+    of another experiment always. The status is ``running`` until the block
+    ends without an error, then ``finished``.
+
+    Yields:
+        The `RunDir`.
 
     Raises:
         CheckpointError: the directory was made by different flags (so its
             checkpoints would be reused for the wrong experiment).
+        UserError: another process holds it.
     """
-    from keras_sharpness.errors import CheckpointError
+    from keras_sharpness.runs import RunDir
 
-    workdir = pathlib.Path(workdir)
-    path = workdir / "experiment.json"
-    identity = json.loads(json.dumps(identity, default=io._jsonable))
-    if path.is_file():
-        old = io.read_json(path)
-        if old != identity:
-            differ = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
-            raise CheckpointError(f"workdir {workdir} was made with other flags "
-                                  f"({', '.join(differ)}); use another --workdir or the same flags")
-    else:
-        io.write_json(path, identity)
+    identity = {"experiment": kind, **identity}
+    with RunDir(workdir).open() as run:
+        run.claim({"kind": kind, "settings": identity, "status": "running",
+                   "versions": io.versions()}, strict=("experiment",))
+        yield run
+        run.set_status("finished")
 
 
 def train_or_reuse(x0, network, data, path, *, batch_size, seed, bn_eval, training_kwargs,

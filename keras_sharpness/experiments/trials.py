@@ -1,13 +1,15 @@
 """Tables 2, 3 and 4: N trials of SB and LB, accuracy and sharpness, mean ± std.
 
 Trial t (seed t) trains SB and LB from its own random x0 in
-``<workdir>/trial<t>/`` (`keras_sharpness.training.train_sb_lb`), then
-measures accuracy on the whole splits and Metric 2.1 for every eps, in the
-full space (Table 3) and in a random subspace (Table 4), through the one
-sweep (`keras_sharpness.measure`): records in ``trial<t>/sharpness.json``,
-the file ``compute_sharpness.py --workdir=<workdir>/trial<t>`` reads and
-writes too. Finished trainings and measurements are reused when the command
-runs again.
+``<workdir>/trial<t>/``, a run directory of its own
+(`keras_sharpness.runs.RunDir`, `keras_sharpness.training.train_sb_lb`),
+then measures accuracy on the whole splits and Metric 2.1 for every eps, in
+the full space (Table 3) and in a random subspace (Table 4), through the one
+sweep (`keras_sharpness.measure`): every number is a record of
+``trial<t>/sharpness.json``, the store ``compute_sharpness.py
+--workdir=<workdir>/trial<t>`` reads and writes too. Finished trainings and
+measurements are reused when the command runs again (measurements that an
+earlier version kept in ``trial<t>/measurements.json`` too).
 
     python -m keras_sharpness.experiments.trials --network=F1 \
         --dataset=npz:../shared/data/mnist-t10k-split.npz --trials=5
@@ -15,53 +17,64 @@ runs again.
 Writes ``<workdir>/tables.json`` and ``<workdir>/tables.md``.
 """
 
+import dataclasses
 import functools
-import pathlib
 import time
 
-from keras_sharpness import io, reports
-from keras_sharpness.experiments.measure import cached, weight_distance
+from keras_sharpness import io, migrate, reports, runs
+from keras_sharpness.experiments.measure import weight_distance
 from keras_sharpness.measure import MeasureSettings, Subject, measure_model
 from keras_sharpness.statistics import format_comparison, paired_comparison
 
+#: The manifest ``kind`` of a trials work directory (each trial is a
+#: `keras_sharpness.training.KIND` run directory inside it).
+KIND = "trials"
 
-def run_trial(data, network, trial_dir, *, dataset, seed, settings, training_kwargs,
-              verbose=1):
-    """Trains SB/LB for one seed (or reuses them) and measures both.
+
+def run_trial(data, run_settings, trial_dir, *, settings, verbose=1):
+    """Trains SB/LB of one trial (or reuses them) and measures both.
+
+    Args:
+        data: `keras_sharpness.data.ArrayData`.
+        run_settings: `keras_sharpness.config.RunSettings` of the trial (its
+            training seed is the trial's).
+        trial_dir: the trial's run directory (a path or a `RunDir`).
+        settings: `MeasureSettings`.
+        verbose: 0 quiet, 1 progress bars, 2 one line per epoch.
 
     Returns:
         dict: ``seed``, ``sb``/``lb`` (accuracy, loss, ``sharpness`` records
         labelled ``SB`` / ``LB``), ``distance_ratio`` = ||x_SB - x0|| /
-        ||x_LB - x0||, ``seconds``.
+        ||x_LB - x0||, ``batch_sizes``, ``epochs``, ``training``, ``seconds``.
     """
-    from keras_sharpness.training import train_sb_lb
+    from keras_sharpness.training import canonical_source, read_history, train_sb_lb
 
-    trial_dir = pathlib.Path(trial_dir)
+    seed = run_settings.training.seed
+    network = run_settings.training.network
+    dataset = canonical_source(run_settings.data.dataset)
+    run = trial_dir if isinstance(trial_dir, runs.RunDir) else runs.RunDir(trial_dir)
     started = time.time()
-    models = train_sb_lb(data, network, trial_dir, dataset=dataset, seed=seed,
-                         bn_eval=settings.bn_eval, verbose=verbose, **training_kwargs)
-    key = {"settings": settings.to_dict(), "run": _identity(models["record"])}
-
-    def measure():
-        out = {"seed": seed}
-        for name in ("sb", "lb"):
+    with run.open():
+        models = train_sb_lb(data, run_settings, run, verbose=verbose)
+        subjects = {name: Subject(name.upper(), models[name], run.model(name))
+                    for name in ("sb", "lb")}
+        # Measured by a version that kept a memo per trial: its records are reused.
+        memo_key = {"settings": settings.to_dict(), "run": _memo_identity(models["record"])}
+        migrate.adopt_memo(run.path / "measurements.json", memo_key, subjects, settings,
+                           run.records_path, network=network, dataset=dataset)
+        result = {"seed": seed}
+        for name, subject in subjects.items():
             if verbose:
                 print(f"trial {seed}: measuring {name.upper()}", flush=True)
-            out[name] = measure_model(
-                Subject(name.upper(), models[name], trial_dir / f"{name}.keras"), data, settings,
-                trial_dir / "sharpness.json", network=network, dataset=dataset,
+            result[name] = measure_model(
+                subject, data, settings, run.records_path, network=network, dataset=dataset,
                 echo=functools.partial(print, flush=True) if verbose else None)
-        out["distance_ratio"] = (weight_distance(models["sb"], models["x0"])
-                                 / max(weight_distance(models["lb"], models["x0"]), 1e-300))
-        out["batch_sizes"] = {"sb": models["record"]["sb_batch_size"],
-                              "lb": models["record"]["lb_batch_size"]}
-        out["epochs"] = {name: len(_history(trial_dir / f"{name}_history.json"))
-                         for name in ("sb", "lb")}
-        return out
-
-    result = cached(trial_dir / "measurements.json", key, measure)
-    result["training"] = {name: training_outcome(trial_dir / f"{name}_history.json")
-                          for name in ("sb", "lb")}
+        result["distance_ratio"] = (weight_distance(models["sb"], models["x0"])
+                                    / max(weight_distance(models["lb"], models["x0"]), 1e-300))
+        result["batch_sizes"] = {"sb": models["record"]["sb_batch_size"],
+                                 "lb": models["record"]["lb_batch_size"]}
+        result["epochs"] = {name: len(read_history(run.history(name))) for name in ("sb", "lb")}
+        result["training"] = {name: training_outcome(run.history(name)) for name in ("sb", "lb")}
     result["seconds"] = time.time() - started
     return result
 
@@ -75,18 +88,13 @@ def training_outcome(history_path):
             ("kept_epoch", "stopped_because", "epochs_run", "kept")}
 
 
-def _identity(record):
+def _memo_identity(record):
+    """The ``run`` part of the key of an earlier version's ``measurements.json``."""
     return {k: record.get(k) for k in ("network", "dataset", "seed", "sb_batch_size",
                                          "lb_batch_size", "epochs", "until_converged",
                                          "patience", "min_delta", "max_epochs",
                                          "relative_min_delta", "eval_batch_size", "keeps",
                                          "train_size", "test_size")}
-
-
-def _history(path):
-    from keras_sharpness.training import read_history
-
-    return read_history(path)
 
 
 def _phi(trial, name, p, eps, field="phi_paper"):
@@ -232,49 +240,66 @@ def training_lines(outcomes):
     return lines
 
 
-def run(data, network, workdir, *, dataset, trials=5, settings=None, training_kwargs=None,
-        verbose=1):
+def run(data, run_settings, workdir, *, trials=5, settings=None, verbose=1):
     """Runs (or resumes) `trials` trials and writes ``tables.json`` / ``tables.md``.
+
+    Args:
+        data: `keras_sharpness.data.ArrayData`, loaded as ``run_settings.data`` says.
+        run_settings: `keras_sharpness.config.RunSettings`; trial t trains
+            with seed t (the data subsets keep ``run_settings.data.seed``).
+        workdir: the work directory (a path or a `RunDir`): ``run.json``,
+            the tables and ``trial<t>/``.
+        trials: number of trials.
+        settings: `MeasureSettings` (default: the paper's).
+        verbose: 0 quiet, 1 progress bars, 2 one line per epoch.
 
     Returns:
         ``(tables_data, markdown)``.
     """
+    from keras_sharpness.training import canonical_source
+
     settings = settings or MeasureSettings()
-    training_kwargs = dict(training_kwargs or {})
-    workdir = pathlib.Path(workdir)
+    network = run_settings.training.network
+    workdir = workdir if isinstance(workdir, runs.RunDir) else runs.RunDir(workdir)
     started = time.time()
     results = []
-    for seed in range(int(trials)):
-        if verbose:
-            print(f"=== trial {seed + 1}/{trials} (seed {seed}) ===", flush=True)
-        results.append(run_trial(data, network, workdir / f"trial{seed}", dataset=dataset,
-                                 seed=seed, settings=settings,
-                                 training_kwargs=training_kwargs, verbose=verbose))
-    table_data, text = tables(results, network, settings)
-    table_data.update({"dataset": dataset, "data": data.info.to_dict(),
-                       "training": training_kwargs, "per_trial": results,
-                       "seconds": time.time() - started, "versions": io.versions()})
-    io.write_json(workdir / "tables.json", table_data)
-    io.write_text(workdir / "tables.md", text)
+    with workdir.open() as folder:
+        folder.claim({"kind": KIND, "settings": {"run": run_settings.to_dict(),
+                                                  "measure": settings.to_dict(),
+                                                  "trials": int(trials)},
+                      "status": "running", "versions": io.versions()},
+                     identity=lambda manifest: {})  # each trial checks its own settings
+        for seed in range(int(trials)):
+            if verbose:
+                print(f"=== trial {seed + 1}/{trials} (seed {seed}) ===", flush=True)
+            trial = dataclasses.replace(
+                run_settings, training=dataclasses.replace(run_settings.training, seed=seed))
+            results.append(run_trial(data, trial, folder.path / f"trial{seed}",
+                                     settings=settings, verbose=verbose))
+        table_data, text = tables(results, network, settings)
+        table_data.update({"dataset": canonical_source(run_settings.data.dataset),
+                           "data": data.info.to_dict(), "run_settings": run_settings.to_dict(),
+                           "per_trial": results, "seconds": time.time() - started,
+                           "versions": io.versions()})
+        io.write_json(folder.path / "tables.json", table_data)
+        io.write_text(folder.path / "tables.md", text)
+        folder.set_status("finished")
     return table_data, text
 
 
 def main(argv):
     from absl import flags
 
-    del argv
-    FLAGS = flags.FLAGS
+    from keras_sharpness.errors import UserError
     from keras_sharpness.experiments.flags import common_from_flags
 
-    common = common_from_flags(FLAGS, "trials")
+    del argv
+    FLAGS = flags.FLAGS
     if FLAGS.trials < 1:
-        from keras_sharpness.errors import UserError
-
         raise UserError(f"--trials must be at least 1, got {FLAGS.trials}")
-    _, text = run(common["data"], common["network"], common["workdir"],
-                  dataset=common["dataset"], trials=FLAGS.trials,
-                  settings=common["settings"], training_kwargs=common["training_kwargs"],
-                  verbose=common["verbose"])
+    common = common_from_flags(FLAGS, "trials")
+    _, text = run(common["data"], common["run_settings"], common["run_dir"],
+                  trials=FLAGS.trials, settings=common["settings"], verbose=common["verbose"])
     print(text)
     print(f"wrote {common['workdir'] / 'tables.json'} and tables.md")
 
