@@ -22,6 +22,8 @@ reads them from a file), builds its settings object
 (`keras_sharpness.cli.run`): ``--help`` and bad flags answer at once.
 """
 
+import os
+
 PLOT_USAGE = """\
 Trains SB and LB Adam from one x0 and plots the loss along the path between them.
 
@@ -188,24 +190,52 @@ def sharpness():
     from keras_sharpness import cli
 
     define_sharpness_flags()
-    cli.run(_sharpness, doc=SHARPNESS_USAGE)
+    cli.run(_sharpness, sharpness_settings, doc=SHARPNESS_USAGE)
 
 
-def _sharpness(argv):
-    from absl import flags
+def sharpness_settings(FLAGS):
+    """What ``compute_sharpness.py`` will do, checked before TensorFlow loads.
 
+    Every value is checked (`keras_sharpness.measure.MeasureSettings`) and
+    the checkpoints and data are located (`sharpness_cli.locate_models`), so
+    bad numbers, a missing file or a run directory without minimizers answer
+    in one line at once.
+
+    Returns:
+        Keyword arguments of `keras_sharpness.sharpness_cli.compute` (None
+        when `keras_sharpness.cli.CHECK_FLAGS_ONLY` asks for the flag check only).
+    """
+    from keras_sharpness import cli, sharpness_cli
+    from keras_sharpness.measure import MeasureSettings
+
+    cli.check_finite_flags()
+    eps = sharpness_cli.parse_eps(FLAGS.eps)
+    measure = dict(subspace_dim=FLAGS.subspace_dim, maxiter=FLAGS.maxiter, seed=FLAGS.seed,
+                   start=FLAGS.start, subspace_scale=FLAGS.subspace_scale,
+                   bn_eval=FLAGS.bn_eval, batch_size=FLAGS.batch_size,
+                   num_samples=FLAGS.num_samples, hessian_topk=FLAGS.hessian_topk,
+                   hessian_trace_probes=FLAGS.hessian_trace_probes)
+    MeasureSettings(eps=tuple(eps), subspace_dims=(measure["subspace_dim"],),
+                    maxiter=measure["maxiter"], start=measure["start"],
+                    bn_eval=measure["bn_eval"], eval_batch_size=measure["batch_size"],
+                    num_samples=measure["num_samples"], seed=measure["seed"],
+                    subspace_scale=measure["subspace_scale"],
+                    hessian_topk=measure["hessian_topk"],
+                    hessian_trace_probes=measure["hessian_trace_probes"])
+    if os.environ.get(cli.CHECK_FLAGS_ONLY):
+        return None  # flags checked; files are located only for a real run
+    located = sharpness_cli.locate_models(workdir=FLAGS.workdir, model=FLAGS.model,
+                                          dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
+                                          output=FLAGS.output)
+    return {"models": located["models"], "data": located["data"],
+            "network": located["network"], "output": located["output"], "eps": eps,
+            "overwrite": FLAGS.overwrite, **measure}
+
+
+def _sharpness(settings):
     from keras_sharpness import sharpness_cli
 
-    del argv  # cli.run refuses positional arguments
-    FLAGS = flags.FLAGS
-    sharpness_cli.main(
-        eps=FLAGS.eps, workdir=FLAGS.workdir, model=FLAGS.model, dataset=FLAGS.dataset,
-        data_dir=FLAGS.data_dir, output=FLAGS.output, subspace_dim=FLAGS.subspace_dim,
-        maxiter=FLAGS.maxiter, seed=FLAGS.seed, start=FLAGS.start,
-        subspace_scale=FLAGS.subspace_scale, bn_eval=FLAGS.bn_eval,
-        batch_size=FLAGS.batch_size, num_samples=FLAGS.num_samples,
-        hessian_topk=FLAGS.hessian_topk, hessian_trace_probes=FLAGS.hessian_trace_probes,
-        overwrite=FLAGS.overwrite)
+    sharpness_cli.compute(**settings)
 
 
 # ------------------------------------------------------------- experiments

@@ -11,7 +11,6 @@ unchanged (its SHA-256 is recorded).
 
 import math
 import pathlib
-import time
 
 from keras_sharpness.errors import UserError
 
@@ -216,16 +215,3 @@ def _number(value):
     if not math.isfinite(value):
         return str(value)
     return f"{value:.4g}"
-
-
-def main(*, eps, workdir=None, model=None, dataset=None, data_dir=None, output=None,
-         **settings):
-    """`compute_sharpness.py`: parse, locate, compute, report."""
-    start_time = time.perf_counter()
-    eps = parse_eps(eps)
-    located = locate_models(workdir=workdir, model=model, dataset=dataset,
-                            data_dir=data_dir, output=output)
-    records = compute(models=located["models"], data=located["data"],
-                      network=located["network"], output=located["output"], eps=eps,
-                      **settings)
-    return records, time.perf_counter() - start_time

@@ -134,6 +134,10 @@ def test_bad_input_is_one_line_and_nonzero_exit(tmp_path, case, args, expected):
     [str(SCRIPT), "-n", "F9"],
     [str(SCRIPT), "-n", "F1", "--lb_batch_size=0"],
     ["-m", "keras_sharpness.experiments.trials", "-n", "F1", "--sb_batch_size=abc"],
+    [str(REPO / "compute_sharpness.py"), "--workdir=.", "--eps=0"],
+    [str(REPO / "compute_sharpness.py"), "--workdir=.", "--start=bogus"],
+    [str(REPO / "compute_sharpness.py"), "--model=missing.keras", "--dataset=digits"],
+    [str(REPO / "compute_sharpness.py"), "--workdir=."],  # no minimizers there
 ])
 def test_help_and_flag_errors_answer_before_tensorflow_is_imported(command):
     """--help and bad flags (settings included) must not wait ~10 s for TensorFlow
