@@ -1,6 +1,7 @@
 """One owner per run directory: a second process is refused, a dead one's lock taken over."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -8,6 +9,7 @@ import textwrap
 
 import pytest
 
+import concurrent_commands as concurrent
 from keras_sharpness import runs
 from keras_sharpness.errors import UserError
 
@@ -77,3 +79,60 @@ def test_written_files_are_readable_by_the_group_under_a_normal_umask(tmp_path):
     assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o644
     assert io.read_json(tmp_path / "r.json") == {"a": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]  # no temporary left
+
+
+
+@pytest.fixture
+def start():
+    """`concurrent_commands.start`; what is still running at the end is killed."""
+    started = []
+
+    def start(*argv):
+        started.append(concurrent.start(*argv))
+        return started[-1]
+
+    yield start
+    concurrent.stop(started)
+
+
+def test_two_sharpness_runs_on_one_record_file_one_refused_the_other_equal_to_a_solo_run(
+        tmp_path, start):
+    """Two compute_sharpness.py on one record file at once (`concurrent_commands`).
+
+    The same for two plot_parametric_plot.py on one --workdir, which takes
+    longer: benchmarks/concurrent_runs.py.
+    """
+    import keras
+    import numpy as np
+
+    from keras_sharpness.io import save_model, write_json
+    from keras_sharpness.layers import SwitchableBatchNormalization
+
+    shared, solo = tmp_path / "shared", tmp_path / "solo"
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "tiny.npz", x_train=rng.integers(0, 256, (60, 8, 8), dtype=np.uint8),
+             y_train=rng.integers(0, 10, 60),
+             x_test=rng.integers(0, 256, (20, 8, 8), dtype=np.uint8),
+             y_test=rng.integers(0, 10, 20))
+    for seed, name in ((1, "sb.keras"), (2, "lb.keras")):
+        keras.utils.set_random_seed(seed)
+        inputs = keras.Input((8, 8, 1))
+        h = keras.layers.Dense(16)(keras.layers.Flatten()(inputs))
+        h = keras.layers.Activation("relu")(SwitchableBatchNormalization()(h))
+        save_model(keras.Model(inputs, keras.layers.Dense(10)(h), name="toy"), shared / name)
+    write_json(shared / "run.json", {"network": "toy", "dataset": f"npz:{tmp_path / 'tiny.npz'}",
+                                     "data_dir": None})
+    shutil.copytree(shared, solo)
+    command = [concurrent.REPO / "compute_sharpness.py", "--eps=1e-3,5e-4", "--maxiter=3",
+               "--subspace_dim=5"]
+
+    first = start(*command, f"--workdir={shared}")
+    alone = start(*command, f"--workdir={solo}")  # meanwhile, in another directory
+    with concurrent.stopped_while_holding(first, shared / ".sharpness.json.lock"):
+        concurrent.assert_refused(start(*command, f"--workdir={shared}"),
+                                  shared / "sharpness.json", first)
+    concurrent.assert_finished(first)
+    concurrent.assert_finished(alone)
+    records = concurrent.records(shared / "sharpness.json")
+    assert len(records) == 4  # SB and LB, two eps
+    assert records == concurrent.records(solo / "sharpness.json")
