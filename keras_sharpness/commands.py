@@ -196,7 +196,7 @@ def sharpness():
 def sharpness_settings(FLAGS):
     """What ``compute_sharpness.py`` will do, checked before TensorFlow loads.
 
-    Every value is checked (`keras_sharpness.measure.MeasureSettings`) and
+    Every value is checked (`sharpness_cli.measure_settings`) and
     the checkpoints and data are located (`sharpness_cli.locate_models`), so
     bad numbers, a missing file or a run directory without minimizers answer
     in one line at once.
@@ -206,7 +206,6 @@ def sharpness_settings(FLAGS):
         when `keras_sharpness.cli.CHECK_FLAGS_ONLY` asks for the flag check only).
     """
     from keras_sharpness import cli, sharpness_cli
-    from keras_sharpness.measure import MeasureSettings
 
     cli.check_finite_flags()
     eps = sharpness_cli.parse_eps(FLAGS.eps)
@@ -215,13 +214,7 @@ def sharpness_settings(FLAGS):
                    bn_eval=FLAGS.bn_eval, batch_size=FLAGS.batch_size,
                    num_samples=FLAGS.num_samples, hessian_topk=FLAGS.hessian_topk,
                    hessian_trace_probes=FLAGS.hessian_trace_probes)
-    MeasureSettings(eps=tuple(eps), subspace_dims=(measure["subspace_dim"],),
-                    maxiter=measure["maxiter"], start=measure["start"],
-                    bn_eval=measure["bn_eval"], eval_batch_size=measure["batch_size"],
-                    num_samples=measure["num_samples"], seed=measure["seed"],
-                    subspace_scale=measure["subspace_scale"],
-                    hessian_topk=measure["hessian_topk"],
-                    hessian_trace_probes=measure["hessian_trace_probes"])
+    sharpness_cli.measure_settings(eps=eps, **measure)  # checks every value
     if os.environ.get(cli.CHECK_FLAGS_ONLY):
         return None  # flags checked; files are located only for a real run
     located = sharpness_cli.locate_models(workdir=FLAGS.workdir, model=FLAGS.model,

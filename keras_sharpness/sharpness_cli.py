@@ -101,6 +101,18 @@ def locate_models(*, workdir=None, model=None, dataset=None, data_dir=None, outp
             "output": pathlib.Path(output) if output else default_output}
 
 
+def measure_settings(*, eps, subspace_dim, maxiter, start, bn_eval, batch_size, num_samples,
+                     seed, subspace_scale, hessian_topk, hessian_trace_probes):
+    """The `MeasureSettings` of this command's arguments (checked on construction)."""
+    from keras_sharpness.measure import MeasureSettings
+
+    return MeasureSettings(
+        eps=tuple(eps), subspace_dims=(subspace_dim,), maxiter=maxiter, start=start,
+        bn_eval=bn_eval, eval_batch_size=batch_size, num_samples=num_samples, seed=seed,
+        subspace_scale=subspace_scale, hessian_topk=hessian_topk,
+        hessian_trace_probes=hessian_trace_probes)
+
+
 def compute(*, models, data, network, output, eps, subspace_dim=0, maxiter=10, seed=0,
             start="zero", bn_eval="batch", batch_size=1000, num_samples=None,
             hessian_topk=0, hessian_trace_probes=0, overwrite=False, echo=print,
@@ -133,11 +145,11 @@ def compute(*, models, data, network, output, eps, subspace_dim=0, maxiter=10, s
     """
     from keras_sharpness import io
     from keras_sharpness.data import load_arrays
-    from keras_sharpness.measure import MeasureSettings, sweep
+    from keras_sharpness.measure import sweep
 
-    settings = MeasureSettings(
-        eps=tuple(eps), subspace_dims=(subspace_dim,), maxiter=maxiter, start=start,
-        bn_eval=bn_eval, eval_batch_size=batch_size, num_samples=num_samples, seed=seed,
+    settings = measure_settings(
+        eps=eps, subspace_dim=subspace_dim, maxiter=maxiter, start=start, bn_eval=bn_eval,
+        batch_size=batch_size, num_samples=num_samples, seed=seed,
         subspace_scale=subspace_scale, hessian_topk=hessian_topk,
         hessian_trace_probes=hessian_trace_probes)
     output = pathlib.Path(output)
