@@ -27,6 +27,7 @@ CONSOLE_SCRIPTS = [
     "ks-warm-start = keras_sharpness.commands:warm_start",
     "ks-trajectory = keras_sharpness.commands:trajectory",
     "ks-sensitivity = keras_sharpness.commands:sensitivity",
+    "ks-report = keras_sharpness.commands:report",
 ]
 
 
@@ -73,7 +74,7 @@ setup(
         "keras>=3.0",
         "tensorflow-datasets>=4.9",
         "numpy>=1.23",
-        "scipy>=1.10",
+        "scipy>=1.15",  # scipy.stats.bootstrap(rng=...)
         "matplotlib>=3.6",
         "absl-py>=1.0",
         "scikit-learn>=1.2",  # ships the offline demo set (`digits`)

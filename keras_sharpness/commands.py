@@ -13,6 +13,7 @@ console script    same as
 ``ks-warm-start``   ``python -m keras_sharpness.experiments.warm_start``
 ``ks-trajectory``   ``python -m keras_sharpness.experiments.trajectory``
 ``ks-sensitivity``  ``python -m keras_sharpness.experiments.sensitivity``
+``ks-report``       ``python -m keras_sharpness.gap_report``
 ================  ==================================================
 
 A command defines its flags when it starts (two commands share flag names,
@@ -41,10 +42,11 @@ command again after a kill to resume. See docs/parametric_plot.md.
 """
 
 SHARPNESS_USAGE = """\
-Sharpness (Metric 2.1) and top Hessian eigenvalues of SB and LB minimizers.
+Sharpness (Metric 2.1) and every other curvature/flatness measure of SB and LB minimizers.
 
     python compute_sharpness.py --workdir runs/F1 --eps 1e-3,5e-4   # or: ks-sharpness ...
     python compute_sharpness.py --workdir runs/F1 --subspace_dim 100 --hessian_topk 3
+    python compute_sharpness.py --workdir runs/F1 --measures=all    # docs/measures.md
     python compute_sharpness.py --model m.keras --dataset npz:data.npz
 
 Prints a Table 3/4-style table and writes <workdir>/sharpness.json (or
@@ -183,6 +185,57 @@ def define_sharpness_flags(flag_values=None):
                          "trace (0: skip; ~100 for a few % error).", flag_values=fv)
     flags.DEFINE_bool("overwrite", False, "Recompute records already in the report.",
                       flag_values=fv)
+    define_measure_flags(fv)
+
+
+#: Help of the flags of the measures' own settings; each flag has the name,
+#: and its default the value, of the `MeasureSettings` field it sets.
+MEASURE_FLAGS = {
+    "measures": "Comma-separated measures (keras_sharpness.measure.MEASURES), or all: "
+                "sharpness (Metric 2.1), accuracy, hessian_top, hessian_trace, "
+                "spectral_density, adaptive_worst, adaptive_average, pac_bayes, "
+                "pac_bayes_magnitude, noise_scale, landscape. See docs/measures.md.",
+    "trace_rtol": "hessian_trace: stop once the standard error is at most this fraction "
+                  "of the trace (0: use all --hessian_trace_probes).",
+    "density_probes": "spectral_density: SLQ probes.",
+    "lanczos_steps": "spectral_density: Lanczos steps per probe (one HVP each).",
+    "adaptive_rho": "adaptive_*: radius rho of the perturbation, relative to |w|.",
+    "adaptive_norm": "adaptive_worst: l2 or linf ball (relative to |w|).",
+    "adaptive_eta": "adaptive_*: c = |w| + eta.",
+    "adaptive_steps": "adaptive_worst: projected gradient ascent steps.",
+    "adaptive_samples": "adaptive_average: Gaussian draws.",
+    "m_sharpness": "adaptive_*: m of m-sharpness (per batch of m samples; 0: all at once).",
+    "pac_bayes_target": "pac_bayes*: the rise of the training error (0-1) that defines "
+                        "sigma (Jiang et al. 2020: 0.1).",
+    "pac_bayes_samples": "pac_bayes*: random perturbations per sigma.",
+    "noise_bootstrap": "noise_scale: bootstrap resamples of its confidence interval.",
+    "noise_group_size": "noise_scale: samples per group (the small batch of the two-batch "
+                        "estimator under batch-statistics BN, else the bootstrap's unit).",
+    "landscape_points": "landscape: points of the 1-D curve.",
+    "landscape_span": "landscape: the curve spans alpha in [-span, span].",
+}
+
+
+def define_measure_flags(flag_values):
+    """`MEASURE_FLAGS`, typed and defaulted from `keras_sharpness.measure.MeasureSettings`."""
+    import dataclasses
+
+    from absl import flags
+
+    from keras_sharpness.measure import MeasureSettings
+
+    defaults = {f.name: f.default for f in dataclasses.fields(MeasureSettings)}
+    for name, help_text in MEASURE_FLAGS.items():
+        default = defaults[name]
+        if name == "measures":
+            flags.DEFINE_string(name, ",".join(default), help_text, flag_values=flag_values)
+        elif name == "adaptive_norm":
+            flags.DEFINE_enum(name, default, ["l2", "linf"], help_text,
+                              flag_values=flag_values)
+        elif isinstance(default, float):
+            flags.DEFINE_float(name, default, help_text, flag_values=flag_values)
+        else:
+            flags.DEFINE_integer(name, default, help_text, flag_values=flag_values)
 
 
 def sharpness():
@@ -213,7 +266,8 @@ def sharpness_settings(FLAGS):
                    start=FLAGS.start, subspace_scale=FLAGS.subspace_scale,
                    bn_eval=FLAGS.bn_eval, batch_size=FLAGS.batch_size,
                    num_samples=FLAGS.num_samples, hessian_topk=FLAGS.hessian_topk,
-                   hessian_trace_probes=FLAGS.hessian_trace_probes)
+                   hessian_trace_probes=FLAGS.hessian_trace_probes,
+                   **{name: FLAGS[name].value for name in MEASURE_FLAGS})
     sharpness_cli.measure_settings(eps=eps, **measure)  # checks every value
     if os.environ.get(cli.CHECK_FLAGS_ONLY):
         return None  # flags checked; files are located only for a real run
@@ -229,6 +283,70 @@ def _sharpness(settings):
     from keras_sharpness import sharpness_cli
 
     sharpness_cli.compute(**settings)
+
+
+# ------------------------------------------------------------------ report
+REPORT_USAGE = """\
+Every measure of several runs beside their generalization gap, with Kendall's tau.
+
+    ks-report --runs=runs/batch_sweep_F1,runs/trials_F1 --output_dir=runs/report
+    python -m keras_sharpness.gap_report --runs=results/F1_measures
+
+Reads each run's sharpness.json (measure the models first: compute_sharpness.py
+--measures=all), writes report.json, report.md and report.{pdf,png}. See
+docs/measures.md.
+"""
+
+
+def define_report_flags(flag_values=None):
+    """The flags of ``ks-report`` (`keras_sharpness.gap_report`)."""
+    from absl import flags
+
+    fv = flags.FLAGS if flag_values is None else flag_values
+    flags.DEFINE_list("runs", None, "Run directories (searched for sharpness.json) or "
+                      "record stores, comma-separated.", flag_values=fv)
+    flags.DEFINE_string("output_dir", None, "Where the report goes (default: report/ in "
+                        "the first run).", flag_values=fv)
+    flags.DEFINE_integer("bootstrap", 2000, "Bootstrap resamples of each tau's interval.",
+                         flag_values=fv)
+    flags.DEFINE_float("confidence", 0.95, "Confidence level of the intervals.",
+                       flag_values=fv)
+    flags.DEFINE_integer("seed", 0, "Seed of the bootstrap.", flag_values=fv)
+
+
+def report_settings(FLAGS):
+    """Keyword arguments of `keras_sharpness.gap_report.main`, checked."""
+    import pathlib
+
+    from keras_sharpness import cli
+    from keras_sharpness.errors import UserError
+    from keras_sharpness.gap_report import find_stores
+
+    cli.check_finite_flags()
+    if not FLAGS.runs:
+        raise UserError("give --runs: run directories or record stores, comma-separated")
+    if FLAGS.bootstrap < 100:
+        raise UserError(f"--bootstrap must be at least 100, got {FLAGS.bootstrap}")
+    if not 0 < FLAGS.confidence < 1:
+        raise UserError(f"--confidence must be between 0 and 1, got {FLAGS.confidence}")
+    find_stores(FLAGS.runs)  # every run exists and holds a store
+    output_dir = FLAGS.output_dir or pathlib.Path(FLAGS.runs[0]) / "report"
+    return dict(runs=list(FLAGS.runs), output_dir=output_dir, bootstrap=FLAGS.bootstrap,
+                confidence=FLAGS.confidence, seed=FLAGS.seed)
+
+
+def report():
+    """``ks-report``: every measure against the generalization gap (`gap_report`)."""
+    from keras_sharpness import cli
+
+    define_report_flags()
+    cli.run(_report, report_settings, doc=REPORT_USAGE)
+
+
+def _report(settings):
+    from keras_sharpness import gap_report
+
+    gap_report.main(**settings)
 
 
 # ------------------------------------------------------------- experiments

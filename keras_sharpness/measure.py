@@ -1,6 +1,14 @@
-"""Metric 2.1 of models, measured one way: one sweep, one record schema.
+"""Every measure of a model, taken one way: one registry, one sweep, one store.
 
-Every sharpness number of the project, from ``compute_sharpness.py`` and from
+The measures (`MEASURES`): Metric 2.1 of Keskar et al. (``sharpness``),
+accuracy and loss, the top Hessian eigenvalues, the Hessian trace and
+eigenvalue density, adaptive worst- and average-case sharpness, PAC-Bayes
+flatness and its magnitude-aware variant, the gradient noise scale and a
+filter-normalized landscape. All of them evaluate the same f (`training_loss`:
+one BatchNorm choice, one batch size, one subset of the training set), and
+are chosen by `MeasureSettings.measures` (``compute_sharpness.py --measures``).
+
+Every Metric 2.1 number of the project, from ``compute_sharpness.py`` and from
 every experiment (trials, sensitivity, batch sweep, warm start, trajectory),
 is made by `sweep` and kept as a record of one schema (`make_record`), a
 plain dict:
@@ -21,8 +29,16 @@ plain dict:
   ``solver_options``, ``num_train_samples``, ``best_start`` and ``per_start``
   (with several starts, each one's ``start``, ``sharpness``, ``phi_paper``,
   ``iterations`` and ``message``; else None);
-* context: ``network``, ``checkpoint`` (its path), ``dataset``,
-  ``hessian_top``, ``hessian_trace`` and ``versions``.
+* context: ``network``, ``checkpoint`` (its path), ``dataset`` and
+  ``versions`` (records of earlier versions also hold ``hessian_top`` and
+  ``hessian_trace``; these are now measures of their own).
+
+Every other measure's record (`measure_key`, made by `sweep`): ``measure``
+(its name), the key ``model``, ``checkpoint_sha256``, ``seed``, ``bn_eval``,
+``batch_size``, ``num_samples`` and ``params`` (the settings that define it,
+`MeasureSettings.params`); the number ``value`` (what it is:
+``value_name``), ``result`` (the measure's whole result, its ``to_dict``),
+``figures`` (paths), ``num_train_samples``, ``seconds`` and the context.
 
 Accuracy and mean cross-entropy of a model on both splits are records of the
 same store (`accuracy`): ``measure`` is ``"accuracy"``, the key ``model``,
@@ -81,8 +97,32 @@ class MeasureSettings:
             all of it, as the paper). Accuracies always use whole splits.
         seed: seed of the random subspace, the random start and the subset.
         subspace_scale: scale of a random A (``"gaussian"`` or ``"normalized"``).
-        hessian_topk: also the top Hessian eigenvalues of every model (0: skip).
-        hessian_trace_probes: also tr(H) by Hutchinson probes (0: skip).
+        measures: the measures to take (names of `MEASURES`, in any order;
+            ``("all",)`` for every one). ``sharpness`` is Metric 2.1 above.
+        hessian_topk: k of ``hessian_top`` (0: skip; a positive k adds the
+            measure, and asking for the measure with k = 0 takes k = 1).
+        hessian_trace_probes: most Hutchinson probes of ``hessian_trace``
+            (0: skip; likewise, the measure alone takes 100).
+        trace_rtol: stop the trace's probes once its standard error is at most
+            this fraction of it (0: use every probe).
+        density_probes, lanczos_steps: probes and Lanczos steps of
+            ``spectral_density`` (SLQ; PyHessian uses 1 probe, 100 steps).
+        adaptive_rho, adaptive_norm, adaptive_eta: radius, norm (``"l2"``
+            or ``"linf"``) and eta of c = |w| + eta of the adaptive measures.
+        adaptive_steps: projected-gradient ascent steps of ``adaptive_worst``.
+        adaptive_samples: Gaussian draws of ``adaptive_average``.
+        m_sharpness: m of m-sharpness (the adaptive measures maximize, or
+            average, per batch of m samples and average over batches); 0 for
+            the whole subset at once.
+        pac_bayes_target: the rise of the training error (a fraction) that
+            defines sigma (Jiang et al. 2020: 0.1).
+        pac_bayes_samples: random perturbations per sigma of the bisection.
+        noise_bootstrap: bootstrap resamples of the noise scale's interval.
+        noise_group_size: samples per group of the noise scale: the small
+            batch b of its two-batch estimator (batch-statistics BN), else
+            the unit its bootstrap resamples.
+        landscape_points, landscape_span: alphas of the 1-D filter-normalized
+            landscape: that many points in [-span, span].
 
     Raises:
         UserError: a setting Metric 2.1 cannot use (one line naming it).
@@ -99,12 +139,34 @@ class MeasureSettings:
     subspace_scale: str = "gaussian"
     hessian_topk: int = 0
     hessian_trace_probes: int = 0
+    measures: tuple = ("sharpness",)
+    trace_rtol: float = 0.01
+    density_probes: int = 3
+    lanczos_steps: int = 90
+    adaptive_rho: float = 0.1
+    adaptive_norm: str = "l2"
+    adaptive_eta: float = 0.0
+    adaptive_steps: int = 20
+    adaptive_samples: int = 20
+    m_sharpness: int = 0
+    pac_bayes_target: float = 0.1
+    pac_bayes_samples: int = 10
+    noise_bootstrap: int = 1000
+    noise_group_size: int = 100
+    landscape_points: int = 21
+    landscape_span: float = 1.0
 
     #: Fields added after results were stored, with the value those results
     #: were made with: left out of `to_dict` at that value, so stored
     #: measurements keep matching their key.
-    ADDED_LATER: typing.ClassVar[dict] = {"subspace_scale": "gaussian", "hessian_topk": 0,
-                                          "hessian_trace_probes": 0}
+    ADDED_LATER: typing.ClassVar[dict] = {
+        "subspace_scale": "gaussian", "hessian_topk": 0, "hessian_trace_probes": 0,
+        "measures": ("sharpness",), "trace_rtol": 0.01, "density_probes": 3,
+        "lanczos_steps": 90, "adaptive_rho": 0.1, "adaptive_norm": "l2", "adaptive_eta": 0.0,
+        "adaptive_steps": 20, "adaptive_samples": 20, "m_sharpness": 0,
+        "pac_bayes_target": 0.1, "pac_bayes_samples": 10, "noise_bootstrap": 1000,
+        "noise_group_size": 100,
+        "landscape_points": 21, "landscape_span": 1.0}
 
     def __post_init__(self):
         from keras_sharpness.metric import check_settings
@@ -136,6 +198,7 @@ class MeasureSettings:
                                                  "hessian_trace_probes", minimum=0,
                                                  zero_means="skip"),
         }
+        normalized.update(_measure_options(self, normalized))
         for name, value in normalized.items():
             object.__setattr__(self, name, value)
 
@@ -152,7 +215,89 @@ class MeasureSettings:
         for key, old in self.ADDED_LATER.items():
             if d[key] == old:
                 del d[key]
+        if "measures" in d:
+            d["measures"] = list(d["measures"])
         return d
+
+    def params(self, name):
+        """The settings that define measure `name` (part of its records' key)."""
+        return {key: getattr(self, field) for key, field in MEASURES[name].params.items()}
+
+
+def _measure_options(settings, normalized):
+    """The checked values of the measures' own settings (`MEASURES`)."""
+    names = settings.measures
+    if isinstance(names, str):
+        names = names.split(",")
+    try:
+        names = [str(n).strip() for n in names if str(n).strip()]
+    except TypeError:
+        raise UserError(f"measures must be a list of names, got {names!r}") from None
+    if "all" in names:
+        names = list(MEASURES)
+    unknown = [n for n in names if n not in MEASURES]
+    if unknown or not names:
+        raise UserError(f"unknown measure {unknown[0] if unknown else '(none)'!r}; choose "
+                        f"from {', '.join(MEASURES)} or all")
+    out = {
+        "trace_rtol": _check_real(settings.trace_rtol, "trace_rtol", low=0.0, high=1.0),
+        "density_probes": _check_count(settings.density_probes, "density_probes", minimum=1),
+        "lanczos_steps": _check_count(settings.lanczos_steps, "lanczos_steps", minimum=2),
+        "adaptive_rho": _check_real(settings.adaptive_rho, "adaptive_rho", low=0.0,
+                                    open_low=True),
+        "adaptive_eta": _check_real(settings.adaptive_eta, "adaptive_eta", low=0.0),
+        "adaptive_steps": _check_count(settings.adaptive_steps, "adaptive_steps", minimum=1),
+        "adaptive_samples": _check_count(settings.adaptive_samples, "adaptive_samples",
+                                         minimum=2),
+        "m_sharpness": _check_count(settings.m_sharpness, "m_sharpness", minimum=0,
+                                    zero_means="the whole subset"),
+        "pac_bayes_target": _check_real(settings.pac_bayes_target, "pac_bayes_target",
+                                        low=0.0, open_low=True),
+        "pac_bayes_samples": _check_count(settings.pac_bayes_samples, "pac_bayes_samples",
+                                          minimum=1),
+        "noise_bootstrap": _check_count(settings.noise_bootstrap, "noise_bootstrap",
+                                        minimum=100),
+        "noise_group_size": _check_count(settings.noise_group_size, "noise_group_size",
+                                         minimum=2),
+        "landscape_points": _check_count(settings.landscape_points, "landscape_points",
+                                         minimum=3),
+        "landscape_span": _check_real(settings.landscape_span, "landscape_span", low=0.0,
+                                      open_low=True),
+    }
+    if settings.adaptive_norm not in ("l2", "linf"):
+        raise UserError(f"adaptive_norm must be l2 or linf, got {settings.adaptive_norm!r}")
+    if normalized["hessian_topk"]:
+        names.append("hessian_top")
+    elif "hessian_top" in names:
+        out["hessian_topk"] = 1
+    if normalized["hessian_trace_probes"]:
+        names.append("hessian_trace")
+    elif "hessian_trace" in names:
+        out["hessian_trace_probes"] = 100
+    # In the order of MEASURES, whatever the order asked.
+    out["measures"] = tuple(n for n in MEASURES if n in names)
+    return out
+
+
+def _check_real(value, name, *, low=None, high=None, open_low=False):
+    """`value` as a finite float in [low, high] ((low, high] if `open_low`), or a one-line
+    `UserError` naming `name`."""
+    import math
+
+    try:
+        number = float(value)
+        ok = not isinstance(value, bool) and math.isfinite(number)
+    except (TypeError, ValueError):
+        ok = False
+    if ok and low is not None:
+        ok = number > low if open_low else number >= low
+    if ok and high is not None:
+        ok = number <= high
+    if not ok:
+        bound = (f" > {low:g}" if open_low else f" >= {low:g}") if low is not None else ""
+        bound += f" and <= {high:g}" if high is not None else ""
+        raise UserError(f"{name} must be a finite number{bound}, got {value!r}")
+    return number
 
 
 def _numbers(values, kind, name):
@@ -178,6 +323,155 @@ def _check_count(value, name, *, minimum, zero_means=None):
                 else "a positive integer" if minimum else "an integer >= 0")
         raise UserError(f"{name} must be {what}, got {value!r}")
     return int(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class Measure:
+    """One measure of the registry (`MEASURES`).
+
+    Attributes:
+        name: its name in ``--measures`` and in its records' ``measure``.
+        summary: one line: what it is and whose it is.
+        value: what a record's ``value`` is (the number the report ranks).
+        params: record field -> `MeasureSettings` field, the settings that
+            define it (part of the record's key).
+        take: ``(objective, settings, figure_stem, echo) -> (value, result
+            dict, figure paths)``; None for the two measures the sweep
+            takes its own way (``sharpness``, ``accuracy``).
+        sharper_is_larger: a larger value means a sharper minimum (False
+            for the noise scale, which is no sharpness).
+    """
+
+    name: str
+    summary: str
+    value: str
+    params: dict
+    take: typing.Callable = None
+    sharper_is_larger: bool = True
+
+
+def _take_hessian_top(objective, settings, figure_stem, echo):
+    from keras_sharpness import hessian
+
+    eig = hessian.top_eigenvalues(objective, settings.hessian_topk, seed=settings.seed)
+    if not eig.converged:
+        echo("  Lanczos did not converge; the record says so (converged: false)")
+    return eig.eigenvalues[0], eig.to_dict(), []
+
+
+def _take_hessian_trace(objective, settings, figure_stem, echo):
+    from keras_sharpness import hessian
+
+    probes = settings.hessian_trace_probes
+    # The stop rule needs a few probes for a standard error; with fewer asked, all run.
+    rule = (dict(rtol=settings.trace_rtol, min_probes=min(10, probes))
+            if settings.trace_rtol and probes >= 2 else dict(rtol=None))
+    trace = hessian.hessian_trace(objective, probes, seed=settings.seed, **rule)
+    return trace.trace, trace.to_dict(), []
+
+
+def _take_spectral_density(objective, settings, figure_stem, echo):
+    from keras_sharpness import hessian, plotting
+
+    density = hessian.spectral_density(objective, num_probes=settings.density_probes,
+                                       lanczos_steps=settings.lanczos_steps, seed=settings.seed)
+    figures = plotting.plot_spectral_density(density, figure_stem)
+    result = density.to_dict()
+    return float(max(max(nodes) for nodes in result["nodes"])), result, figures
+
+
+def _adaptive(kind):
+    def take(objective, settings, figure_stem, echo):
+        from keras_sharpness import flatness
+
+        result = flatness.adaptive_sharpness(
+            objective, settings.adaptive_rho, kind=kind, norm=settings.adaptive_norm,
+            eta=settings.adaptive_eta, steps=settings.adaptive_steps,
+            samples=settings.adaptive_samples, batch_size=settings.m_sharpness or None,
+            seed=settings.seed)
+        return result.value, result.to_dict(), []
+    return take
+
+
+def _pac_bayes(magnitude_aware):
+    def take(objective, settings, figure_stem, echo):
+        from keras_sharpness import flatness
+
+        result = flatness.pac_bayes_sigma(
+            objective, target=settings.pac_bayes_target, magnitude_aware=magnitude_aware,
+            samples=settings.pac_bayes_samples, seed=settings.seed)
+        return result.flatness, result.to_dict(), []
+    return take
+
+
+def _take_noise_scale(objective, settings, figure_stem, echo):
+    from keras_sharpness import noise_scale
+
+    result = noise_scale.gradient_noise_scale(objective, bootstrap=settings.noise_bootstrap,
+                                              group_size=max(2, min(
+                                                  settings.noise_group_size,
+                                                  objective.num_samples // 2)),
+                                              seed=settings.seed)
+    return result.b_simple, result.to_dict(), []
+
+
+def _take_landscape(objective, settings, figure_stem, echo):
+    import numpy as np
+
+    from keras_sharpness import landscape
+
+    direction = landscape.filter_normalized_direction(objective, seed=settings.seed)
+    span = settings.landscape_span
+    curve = landscape.landscape_1d(
+        objective, direction, np.linspace(-span, span, settings.landscape_points))
+    figures = landscape.plot_landscape_1d(curve, figure_stem)
+    result = curve.to_dict()
+    losses = np.asarray(result["loss"], dtype=np.float64)
+    return float(losses.max() - losses[len(losses) // 2]), result, figures
+
+
+#: Every measure, in the order records and tables list them.
+MEASURES = {m.name: m for m in (
+    Measure("sharpness", "Metric 2.1 of Keskar et al. (phi, % of 1 + f), at every eps "
+            "and subspace dim", "phi", {}),
+    Measure("accuracy", "train and test accuracy and mean cross-entropy (whole splits)",
+            "test - train loss", {}, sharper_is_larger=False),
+    Measure("hessian_top", "largest Hessian eigenvalues (Lanczos, ARPACK)",
+            "largest eigenvalue", {"k": "hessian_topk"}, _take_hessian_top),
+    Measure("hessian_trace", "Hessian trace (Hutchinson, Rademacher probes, stop on its "
+            "standard error)", "trace", {"probes": "hessian_trace_probes",
+                                         "rtol": "trace_rtol"}, _take_hessian_trace),
+    Measure("spectral_density", "Hessian eigenvalue density (stochastic Lanczos "
+            "quadrature, Ghorbani et al. 2019)", "largest Ritz value",
+            {"probes": "density_probes", "lanczos_steps": "lanczos_steps"},
+            _take_spectral_density),
+    Measure("adaptive_worst", "adaptive worst-case sharpness (max of f(w + d) - f(w) over "
+            "|d / c| <= rho, c = |w| + eta; Kwon et al. 2021, Andriushchenko et al. 2023)",
+            "loss increase", {"rho": "adaptive_rho", "norm": "adaptive_norm",
+                              "eta": "adaptive_eta", "steps": "adaptive_steps",
+                              "m": "m_sharpness"}, _adaptive("worst")),
+    Measure("adaptive_average", "adaptive average-case sharpness (E f(w + d) - f(w), "
+            "d ~ N(0, rho^2 c^2))", "loss increase",
+            {"rho": "adaptive_rho", "eta": "adaptive_eta", "samples": "adaptive_samples",
+             "m": "m_sharpness"}, _adaptive("average")),
+    Measure("pac_bayes", "PAC-Bayes flatness 1/sigma^2 (Jiang et al. 2020: the largest "
+            "sigma of N(0, sigma^2) noise raising the training error by at most the target; "
+            "None if even sigma = 0 does)",
+            "1 / sigma^2",
+            {"target": "pac_bayes_target", "samples": "pac_bayes_samples"}, _pac_bayes(False)),
+    Measure("pac_bayes_magnitude", "magnitude-aware PAC-Bayes flatness 1/sigma'^2 "
+            "(noise scaled by |w|; Jiang et al. 2020)", "1 / sigma'^2",
+            {"target": "pac_bayes_target", "samples": "pac_bayes_samples"},
+            _pac_bayes(True)),
+    Measure("noise_scale", "gradient noise scale B_simple = tr(Sigma) / |G|^2 "
+            "(McCandlish et al. 2018), the critical batch size it predicts",
+            "B_simple", {"bootstrap": "noise_bootstrap", "group_size": "noise_group_size"},
+            _take_noise_scale,
+            sharper_is_larger=False),
+    Measure("landscape", "1-D filter-normalized loss landscape along a random direction "
+            "(Li et al. 2018)", "largest loss rise on the curve",
+            {"points": "landscape_points", "span": "landscape_span"}, _take_landscape),
+)}
 
 
 class Subject(typing.NamedTuple):
@@ -227,8 +521,20 @@ def subjects(models):
 
 def record_key(record):
     """What a record answers: its ``measure`` (``"sharpness"`` where it names
-    none) and its `RECORD_KEY` values (None where one is missing)."""
-    return (record.get("measure", "sharpness"), *(record.get(k) for k in RECORD_KEY))
+    none), its `RECORD_KEY` values (None where one is missing) and the
+    measure's ``params`` (None for sharpness and accuracy records)."""
+    params = record.get("params")
+    frozen = None if params is None else tuple(sorted(
+        (k, tuple(v) if isinstance(v, list) else v) for k, v in params.items()))
+    return (record.get("measure", "sharpness"), *(record.get(k) for k in RECORD_KEY), frozen)
+
+
+def measure_key(settings, name, *, model, checkpoint_sha256, bn_eval):
+    """The key fields of a record of registry measure `name` (`MEASURES`)."""
+    return {"measure": name, "model": model, "checkpoint_sha256": checkpoint_sha256,
+            "seed": int(settings.seed), "bn_eval": bn_eval or "none",
+            "batch_size": int(settings.eval_batch_size), "num_samples": settings.num_samples,
+            "params": settings.params(name)}
 
 
 def record_store(path):
@@ -327,18 +633,29 @@ def accuracy(subject, data, settings, store, *, network=None, dataset=None):
     (subject,) = subjects([subject])
     model = subject.model if subject.model is not None else io.load_model(subject.checkpoint)
     digest = None if subject.checkpoint is None else io.sha256(subject.checkpoint)
-    key = accuracy_key(settings, model=subject.label, checkpoint_sha256=digest,
-                       bn_eval=_bn_eval_of(model, settings.bn_eval))
     store = record_store(store)
     with store.open():
-        found = store.find(record_key(key))
-        if found:
-            return {k: found[-1][k] for k in ACCURACY_FIELDS}
-        values = accuracy_and_loss(model, data() if callable(data) else data, settings)
-        store.put({**key, "network": network or model.name,
-                   "checkpoint": None if subject.checkpoint is None else str(subject.checkpoint),
-                   "dataset": dataset, **values, "versions": io.versions()})
-        return values
+        record = _accuracy_record(store, subject, model, digest, data, settings,
+                                  network=network, dataset=dataset)
+        return {k: record[k] for k in ACCURACY_FIELDS}
+
+
+def _accuracy_record(store, subject, model, digest, data, settings, *, network, dataset,
+                     overwrite=False):
+    """The accuracy record of one model in an open store: found, or made and stored."""
+    from keras_sharpness import io
+
+    key = accuracy_key(settings, model=subject.label, checkpoint_sha256=digest,
+                       bn_eval=_bn_eval_of(model, settings.bn_eval))
+    found = [] if overwrite else store.find(record_key(key))
+    if found:
+        return found[-1]
+    values = accuracy_and_loss(model, data() if callable(data) else data, settings)
+    record = {**key, "network": network or model.name,
+              "checkpoint": None if subject.checkpoint is None else str(subject.checkpoint),
+              "dataset": dataset, **values, "versions": io.versions()}
+    store.put(record)
+    return record
 
 
 #: The values of an accuracy record.
@@ -359,8 +676,9 @@ def measure_model(subject, data, settings, store, **sweep_options):
         **sweep_options: ``network``, ``dataset``, ``overwrite``, ``echo``.
 
     Returns:
-        dict: ``train_loss``, ``train_acc``, ``test_loss``, ``test_acc`` and
-        ``sharpness`` (the list of records, by subspace_dim then eps).
+        dict: ``train_loss``, ``train_acc``, ``test_loss``, ``test_acc``,
+        ``sharpness`` (the Metric 2.1 records, by subspace_dim then eps) and
+        ``measures`` (the records of the other measures of `settings`).
     """
     from keras_sharpness import io
 
@@ -368,21 +686,25 @@ def measure_model(subject, data, settings, store, **sweep_options):
     if subject.model is None:
         subject = subject._replace(model=io.load_model(subject.checkpoint))
     context = {k: sweep_options.get(k) for k in ("network", "dataset")}
-    return {**accuracy(subject, data, settings, store, **context),
-            "sharpness": sweep([subject], data, settings, store, **sweep_options)}
+    values = accuracy(subject, data, settings, store, **context)
+    records = sweep([subject], data, settings, store, **sweep_options)
+    return {**values, "sharpness": [r for r in records if "measure" not in r],
+            "measures": [r for r in records if r.get("measure") not in (None, "accuracy")]}
 
 
 def sweep(models, data, settings, store, *, network=None, dataset=None, overwrite=False,
           echo=print):
-    """Metric 2.1 of every model at every (subspace_dim, eps): computed or reused.
+    """Every measure of `settings` of every model: computed or reused.
 
-    The one place sharpness is measured. For every model, then every
-    subspace_dim, then every eps of `settings`, the record is taken from the
-    store when one with the same key is there (and holds the Hessian numbers
-    asked for), else computed and appended, the store being rewritten
-    atomically after each. One A per (number of weights, p) serves every
-    model and eps. The store is locked for the call: a second process
-    writing it is refused at once.
+    The one place models are measured. For every model: Metric 2.1 at every
+    subspace_dim, then every eps of `settings` (if ``sharpness`` is among
+    ``settings.measures``), then each other measure in `MEASURES` order;
+    each record is taken from the store when one with the same key is
+    there, else computed and stored, the store being rewritten atomically
+    after each. One A per (number of weights, p) serves every model and eps;
+    one f (`training_loss`) serves every measure of a model. The store is
+    locked for the call: a second process writing it is refused at once.
+    Figures of measures that draw one go to ``figures/`` beside the store.
 
     Args:
         models: `Subject`s, or ``(label, keras model or checkpoint path)``
@@ -398,7 +720,8 @@ def sweep(models, data, settings, store, *, network=None, dataset=None, overwrit
         echo: called with one line per iteration and per record (None: silent).
 
     Returns:
-        The records of this sweep, in order (model, subspace_dim, eps).
+        The records of this sweep, in order: per model, its Metric 2.1
+        records (subspace_dim, eps), then one record per other measure.
 
     Raises:
         UserError: bad settings, a store in use or of another format.
@@ -423,34 +746,74 @@ def sweep(models, data, settings, store, *, network=None, dataset=None, overwrit
         for subject, model in loaded:
             digest = None if subject.checkpoint is None else io.sha256(subject.checkpoint)
             bn_eval = _bn_eval_of(model, settings.bn_eval)
-            objective = hessian_top = trace = None
-            for p in settings.subspace_dims:
+            objective = None
+
+            def objective_of_model():
+                nonlocal objective
+                if objective is None:
+                    train = training_data()
+                    objective = training_loss(model, train.x_train, train.y_train, settings,
+                                              settings.num_samples)
+                return objective
+
+            context = dict(network=network or model.name, dataset=dataset,
+                           checkpoint=None if subject.checkpoint is None
+                           else str(subject.checkpoint))
+            if "accuracy" in settings.measures:
+                done.append(_accuracy_record(store, subject, model, digest, training_data,
+                                             settings, overwrite=overwrite,
+                                             network=context["network"], dataset=dataset))
+            for p in settings.subspace_dims if "sharpness" in settings.measures else ():
                 for e in settings.eps:
                     key = record_key(_key_fields(settings, model=subject.label,
                                                  checkpoint_sha256=digest, subspace_dim=p,
                                                  eps=e, bn_eval=bn_eval))
                     where = f"{subject.label}{f' p={p}' if p else ''} eps={e:g}"
-                    found = [] if overwrite else [r for r in store.find(key)
-                                                  if _reusable(r, settings)]
+                    found = [] if overwrite else store.find(key)
                     if found:
                         echo(f"{where}: reusing the record in {store.path}")
                         done.append(found[-1])
                         continue
-                    if objective is None:
-                        train = training_data()
-                        objective = training_loss(model, train.x_train, train.y_train, settings,
-                                                  settings.num_samples)
-                        hessian_top, trace = _hessian(objective, settings, subject.label, echo)
-                    best, per_start = _measure(objective, settings, p, e, where, echo)
+                    best, per_start = _measure(objective_of_model(), settings, p, e, where, echo)
                     record = make_record(
                         best, settings, model=subject.label, checkpoint_sha256=digest,
-                        per_start=per_start, network=network or model.name,
-                        checkpoint=None if subject.checkpoint is None else str(subject.checkpoint),
-                        dataset=dataset, hessian_top=hessian_top, hessian_trace=trace,
-                        versions=versions)
+                        per_start=per_start, versions=versions, **context)
                     done.append(record)
                     store.put(record)
+            for name in settings.measures:
+                if MEASURES[name].take is None:
+                    continue
+                key = measure_key(settings, name, model=subject.label,
+                                  checkpoint_sha256=digest, bn_eval=bn_eval)
+                found = [] if overwrite else store.find(record_key(key))
+                if found:
+                    echo(f"{subject.label} {name}: reusing the record in {store.path}")
+                    done.append(found[-1])
+                    continue
+                record = _take(name, key, objective_of_model(), settings,
+                               store.path.parent / "figures" / f"{subject.label}_{name}",
+                               echo, versions=versions, **context)
+                done.append(record)
+                store.put(record)
         return done
+
+
+def _take(name, key, objective, settings, figure_stem, echo, **context):
+    """The record of registry measure `name` of one model, echoed."""
+    import time
+
+    measure = MEASURES[name]
+    echo(f"{key['model']} {name}: {measure.summary}...")
+    started = time.perf_counter()
+    value, result, figures = measure.take(objective, settings, figure_stem, echo)
+    seconds = time.perf_counter() - started
+    value = None if value is None else float(value)
+    echo(f"{key['model']} {name}: {measure.value} = "
+         f"{'undefined' if value is None else format(value, '.5g')} ({seconds:.1f}s)"
+         + (f"; figure {figures[-1]}" if figures else ""))
+    return {**key, **context, "value": value, "value_name": measure.value,
+            "num_train_samples": objective.num_samples, "seconds": seconds,
+            "figures": [str(f) for f in figures], "result": result}
 
 
 def _load(subject, settings):
@@ -471,13 +834,6 @@ def _silent(line):
     del line
 
 
-def _reusable(record, settings):
-    """Whether a stored record holds the Hessian numbers asked for."""
-    return ((settings.hessian_topk == 0
-                 or len(record.get("hessian_top") or []) >= settings.hessian_topk)
-            and (settings.hessian_trace_probes == 0 or bool(record.get("hessian_trace"))))
-
-
 def _num_params(model):
     import numpy as np
 
@@ -490,26 +846,6 @@ def _bn_eval_of(model, bn_eval):
 
     own = model_bn_eval(model)
     return None if own is None else (own if bn_eval == "model" else bn_eval)
-
-
-def _hessian(objective, settings, label, echo):
-    """``(top eigenvalues, trace dict or None)`` of one model, as `settings` ask."""
-    from keras_sharpness import hessian
-
-    top, trace = [], None
-    if settings.hessian_topk:
-        echo(f"{label}: top {settings.hessian_topk} Hessian eigenvalues (Lanczos)...")
-        eig = hessian.top_eigenvalues(objective, int(settings.hessian_topk), seed=settings.seed)
-        top = list(eig.eigenvalues)
-        echo(f"{label}: Hessian top {[f'{v:.4g}' for v in top]} ({eig.products} products, "
-             f"{eig.seconds:.1f}s{'' if eig.converged else ', NOT converged'})")
-    if settings.hessian_trace_probes:
-        echo(f"{label}: Hessian trace, {settings.hessian_trace_probes} Hutchinson probes...")
-        trace = hessian.hessian_trace(objective, int(settings.hessian_trace_probes),
-                                      seed=settings.seed).to_dict()
-        echo(f"{label}: tr(H) = {trace['trace']:.4g} +- {trace['standard_error']:.2g} "
-             f"({trace['seconds']:.1f}s)")
-    return top, trace
 
 
 def _measure(objective, settings, p, e, where, echo):

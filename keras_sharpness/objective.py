@@ -22,8 +22,18 @@ Weights are flattened in the order of ``model.trainable_variables``, each
 variable in C order (`flatten` / `unflatten`). Non-trainable variables (the
 BatchNorm moving statistics) are held fixed at the model's values unless a
 call passes others.
+
+Per-example gradients (`TrainingLoss.per_example_gradients`,
+`TrainingLoss.gradient_moments`) and views over consecutive chunks of the
+data (`TrainingLoss.batch_objectives`, m-sharpness) are computed with the same
+copy of the model, fixed batches and precision.
 """
 
+import copy
+import dataclasses
+import threading
+
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -45,6 +55,12 @@ def _cross_entropy_sum_and_correct(logits, labels):
         tf.equal(tf.argmax(logits, axis=-1, output_type=labels.dtype), labels),
         tf.float32))
     return -tf.reduce_sum(picked), correct
+
+
+def _cross_entropies(logits, labels):
+    """Per-sample cross-entropies, the terms `_cross_entropy_sum_and_correct` sums."""
+    log_probs = tf.nn.log_softmax(tf.cast(logits, tf.float32), axis=-1)
+    return -tf.gather(log_probs, labels, axis=-1, batch_dims=1)
 
 
 def _output_layer(model):
@@ -147,6 +163,39 @@ def evaluation_model(model, bn_eval):
     return clone, activation == "softmax"
 
 
+#: Per-example numbers held by one vectorized call when ``chunk`` is None
+#: (2**26 float32 = 256 MiB).
+_CHUNK_FLOATS = 2 ** 26
+
+
+@dataclasses.dataclass(frozen=True)
+class GradientMoments:
+    """Per-example gradient statistics by group (`TrainingLoss.gradient_moments`).
+
+    Attributes:
+        gradient_sums: ``(K, n)`` float64, sum of g_i over each group's samples.
+        square_norm_sums: ``(K,)`` float64, sum of |g_i|^2 over each group.
+        counts: ``(K,)`` samples per group.
+        batch_of_group: ``(K,)`` index of the fixed batch each group lies in.
+        square_norms: ``(N,)`` float64, |g_i|^2 of every sample, data order.
+    """
+
+    gradient_sums: np.ndarray
+    square_norm_sums: np.ndarray
+    counts: np.ndarray
+    batch_of_group: np.ndarray
+    square_norms: np.ndarray
+
+    @property
+    def num_samples(self):
+        return int(self.counts.sum())
+
+    @property
+    def gradient(self):
+        """The mean gradient, grad f (float64)."""
+        return self.gradient_sums.sum(axis=0) / self.num_samples
+
+
 class TrainingLoss:
     """f(w) = mean cross-entropy of a Keras model at weights w over fixed data.
 
@@ -237,6 +286,9 @@ class TrainingLoss:
             xb = np.asarray(x[start:start + self.batch_size], dtype=np.float32)
             yb = np.asarray(y[start:start + self.batch_size], dtype=np.int64)
             self._batches.append((tf.constant(xb), tf.constant(yb)))
+        # Functions compiled on first use (per-example gradients), shared by the
+        # views of `batch_objectives` (shallow copies hold the same dict).
+        self._lazy = {}
         self._compile()
         if not self.softmax_removed:
             self._refuse_probabilities()
@@ -328,6 +380,167 @@ class TrainingLoss:
             product += self._hvp_fn(trainable, tangents, fixed, xb, yb).numpy()
         return product / self.num_samples
 
+    # ----------------------------------------------------- per-example gradients
+    def per_example_gradients(self, w, non_trainable=None, *, chunk=None):
+        """The gradients g_i of every sample's cross-entropy, one row each (float64).
+
+        Holds all N x n numbers at once: for small problems and tests; the
+        noise scale needs only `gradient_moments`.
+
+        Args:
+            w: weight vector of length `num_params`.
+            non_trainable: values for ``model.non_trainable_variables`` (None:
+                the model's own).
+            chunk: samples whose gradients are computed in one vectorized call
+                (None: see `gradient_moments`).
+
+        Returns:
+            A ``(num_samples, num_params)`` float64 array, rows in data order;
+            the rows sum to ``num_samples * gradient(w)``. With
+            ``bn_eval="batch"`` row i is d l_i(w; batch)/dw (see
+            `gradient_moments`).
+        """
+        trainable, fixed = self._tensors(w, non_trainable)
+        chunk = self._chunk_rows(chunk, self.num_params)
+        function = self._compiled("rows")
+        rows = []
+        for xb, yb in self._batches:
+            size = int(xb.shape[0])
+            for start in range(0, size, chunk):
+                stop = min(start + chunk, size)
+                rows.append(np.asarray(function(trainable, fixed, xb, yb, start, stop),
+                                       dtype=np.float64))
+        return np.concatenate(rows) if rows else np.zeros((0, self.num_params))
+
+    def gradient_moments(self, w, non_trainable=None, *, chunk=None, group_size=None,
+                         progress=None):
+        """Sums of per-example gradients and of their squared norms, by group.
+
+        What the gradient noise scale needs (`keras_sharpness.noise_scale`),
+        without keeping the N per-example gradients g_i: for each group of
+        consecutive samples, sum_i g_i (a float64 vector of length n) and
+        sum_i |g_i|^2, plus every |g_i|^2.
+
+        g_i is the gradient of sample i's cross-entropy l_i, f = mean_i l_i:
+
+        * BN with moving statistics, or no BN: samples are independent, l_i
+          depends on sample i only, and g_i is its usual per-example gradient,
+          computed by `tf.vectorized_map` (pfor) over the samples. Dense layers
+          (Keras' own, each sample's input a vector or a sequence of T
+          vectors a_t, output gradients d_t) are not materialized: the kernel
+          gradient of a sample is sum_t a_t d_t^T, its squared norm
+          sum_{t,s} (a_t . a_s)(d_t . d_s) (Goodfellow 2015, "Efficient
+          per-example gradient computations"; T = 1 for an MLP:
+          |a|^2 |d|^2). Its cost is then about one gradient pass.
+        * ``bn_eval="batch"``: l_i(w; batch) depends on the whole fixed batch
+          through its statistics, and g_i is defined as d l_i(w; batch)/dw,
+          so that the g_i of a batch sum to its gradient exactly. These are
+          the rows of the Jacobian of the batch's vector of cross-entropies
+          (`tf.GradientTape.jacobian` with pfor), computed ``chunk`` rows at a
+          time; each row costs a backward pass through the whole batch, so a
+          batch costs of the order of ``batch_size`` gradient passes of that
+          batch (F1, batches of 1000, CPU: about 770; see
+          benchmarks/bench_noise_scale.py).
+
+        Args:
+            w: weight vector of length `num_params`.
+            non_trainable: values for ``model.non_trainable_variables`` (None:
+                the model's own).
+            chunk: samples per vectorized call. None: as many as keep the
+                per-example numbers of one call (gradient rows, or with
+                independent samples the gradients of what is not a Dense
+                layer plus Dense layers' inputs and output gradients) near
+                2**26 floats (256 MiB), at most a batch.
+            group_size: samples per group; groups are consecutive samples of
+                one fixed batch (the last of a batch possibly smaller). None:
+                one group per fixed batch. With ``bn_eval="batch"`` the
+                samples of a batch are not independent: keep whole batches.
+            progress: optional callable, called with a short string after
+                every fixed batch.
+
+        Returns:
+            `GradientMoments` (float64 sums, in data order).
+
+        Raises:
+            UserError: a bad ``chunk`` or ``group_size``.
+        """
+        if group_size is not None:
+            if isinstance(group_size, bool) or int(group_size) != group_size or group_size < 1:
+                raise UserError(
+                    f"group_size must be a positive integer or None, got {group_size!r}")
+            group_size = int(group_size)
+        trainable, fixed = self._tensors(w, non_trainable)
+        if self.bn_eval == "batch":
+            function = self._compiled("batch_moments")
+            per_row = self.num_params
+        else:
+            function = self._compiled("moments")
+            per_row = self._lazy["moments_row_floats"]
+        chunk = self._chunk_rows(chunk, per_row)
+        sums, square_sums, counts, batch_of_group, square_norms = [], [], [], [], []
+        for index, (xb, yb) in enumerate(self._batches):
+            size = int(xb.shape[0])
+            length = size if group_size is None else group_size
+            for first in range(0, size, length):
+                last = min(first + length, size)
+                total, norms = np.zeros(self.num_params), []
+                for start in range(first, last, chunk):
+                    stop = min(start + chunk, last)
+                    chunk_norms, chunk_sum = function(trainable, fixed, xb, yb, start, stop)
+                    total += chunk_sum.numpy()
+                    norms.append(np.asarray(chunk_norms, dtype=np.float64))
+                sums.append(total)
+                square_norms.extend(norms)
+                square_sums.append(float(np.sum(np.concatenate(norms))))
+                counts.append(last - first)
+                batch_of_group.append(index)
+            if progress is not None:
+                progress(f"per-example gradients: batch {index + 1}/{len(self._batches)}")
+        return GradientMoments(
+            gradient_sums=np.stack(sums), square_norm_sums=np.asarray(square_sums),
+            counts=np.asarray(counts, dtype=np.int64),
+            batch_of_group=np.asarray(batch_of_group, dtype=np.int64),
+            square_norms=np.concatenate(square_norms))
+
+    # ------------------------------------------------------------------- views
+    def batch_objectives(self, size):
+        """Views of f over consecutive chunks of ``size`` samples (data order).
+
+        View k is the objective of samples ``[k*size, (k+1)*size)`` (the last
+        chunk possibly smaller), evaluated in batches of
+        ``min(size, batch_size)``: exactly a `TrainingLoss` built on that
+        chunk with that batch size. Views are `TrainingLoss` objects sharing
+        this one's model copy and compiled functions (no cloning, no
+        retracing); every method works on them, and the size-weighted mean
+        of their values is f when their batches are f's (always without
+        batch-statistics BN).
+
+        Args:
+            size: samples per chunk, at least 1 (m of m-sharpness).
+
+        Returns:
+            A list of ``ceil(num_samples / size)`` objectives.
+
+        Raises:
+            UserError: ``size`` is not a positive integer.
+        """
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+            raise UserError(f"size must be a positive integer, got {size!r}")
+        size = int(size)
+        x = tf.concat([xb for xb, _ in self._batches], 0)
+        y = tf.concat([yb for _, yb in self._batches], 0)
+        views = []
+        for start in range(0, self.num_samples, size):
+            stop = min(start + size, self.num_samples)
+            view = copy.copy(self)  # shares the model, compiled functions and _lazy
+            view.batch_size = min(size, self.batch_size)
+            view.num_samples = stop - start
+            step = view.batch_size
+            ends = [(s, min(s + step, stop)) for s in range(start, stop, step)]
+            view._batches = [(x[a:b], y[a:b]) for a, b in ends]
+            views.append(view)
+        return views
+
     # --------------------------------------------------------------- internals
     def _check_vector(self, w, name):
         w = np.asarray(w, dtype=np.float64)
@@ -344,6 +557,20 @@ class TrainingLoss:
         fixed = [tf.constant(np.asarray(a), dtype=dtype)
                  for a, dtype in zip(values, self._fixed_dtypes)]
         return trainable, fixed
+
+    def _chunk_rows(self, chunk, per_row):
+        """Samples per vectorized call: ``chunk`` checked, or chosen by memory."""
+        if chunk is None:
+            return max(1, min(self.batch_size, _CHUNK_FLOATS // max(1, int(per_row))))
+        if isinstance(chunk, bool) or int(chunk) != chunk or chunk < 1:
+            raise UserError(f"chunk must be a positive integer or None, got {chunk!r}")
+        return int(chunk)
+
+    def _compiled(self, name):
+        """The per-example functions, traced on first use (one trace each)."""
+        if name not in self._lazy:
+            self._lazy.update(_per_example_functions(self))
+        return self._lazy[name]
 
     def _compile(self):
         model = self._model
@@ -403,3 +630,185 @@ def _check_compatible(model, x, y):
     if y.min() < 0 or (num_outputs is not None and y.max() >= num_outputs):
         raise UserError(f"labels range over [{int(y.min())}, {int(y.max())}] but model "
                         f"{model.name} has {num_outputs} outputs")
+
+
+# ------------------------------------------------------- per-example gradients
+# While a tapped forward pass is traced, `_TAPS.records` collects the inputs and
+# a zero "tap" added to the output of every tapped Dense layer; the gradient
+# with respect to a tap is the gradient with respect to the layer's
+# pre-activation. Outside such a trace the tapped layer is a plain Dense.
+_TAPS = threading.local()
+
+
+class _TappedDense(keras.layers.Dense):
+    """`keras.layers.Dense` that exposes its inputs and output gradients."""
+
+    def call(self, inputs, training=None):
+        records = getattr(_TAPS, "records", None)
+        if records is None:
+            return super().call(inputs, training=training)
+        z = keras.ops.matmul(inputs, self.kernel)
+        if self.bias is not None:
+            z = keras.ops.add(z, self.bias)
+        tap = tf.zeros_like(z)
+        _TAPS.tape.watch(tap)
+        records.append((self, inputs, tap))
+        z = z + tap
+        return self.activation(z) if self.activation is not None else z
+
+
+def _tapped_model(model):
+    """A copy of the evaluation model with Keras Dense layers tapped, and the
+    tapped layers as ``{layer: (kernel index, bias index or None)}`` into its
+    trainable variables; ``(model, {})`` when it cannot be copied."""
+
+    def clone_layer(layer):
+        config = layer.get_config()
+        if (type(layer) is keras.layers.Dense and not getattr(layer, "lora_enabled", False)
+                and getattr(layer, "quantization_mode", None) is None):
+            return _TappedDense.from_config(config)
+        return layer.__class__.from_config(config)
+
+    try:
+        clone = keras.models.clone_model(model, clone_function=clone_layer, recursive=True)
+    except Exception:  # noqa: BLE001 (subclassed or exotic: no taps, still exact)
+        return model, {}
+    if ([tuple(v.shape) for v in clone.trainable_variables]
+            != [tuple(v.shape) for v in model.trainable_variables]
+            or len(clone.non_trainable_variables) != len(model.non_trainable_variables)):
+        return model, {}
+    variables = clone.trainable_variables
+    position = {id(v): i for i, v in enumerate(variables)}
+    tapped = {}
+    for layer in clone._flatten_layers(include_self=False):
+        if isinstance(layer, _TappedDense) and id(layer._kernel) in position:
+            bias = None if layer.bias is None else position.get(id(layer.bias))
+            if layer.bias is None or bias is not None:
+                tapped[layer] = (position[id(layer._kernel)], bias)
+    return clone, tapped
+
+
+def _per_example_functions(objective):
+    """The compiled per-example functions of `objective` (see its methods).
+
+    Each takes ``(trainable, fixed, xb, yb, start, stop)`` and works on rows
+    ``start:stop`` of the batch ``xb, yb``:
+
+    * ``"rows"``: the ``(stop - start, n)`` float32 per-example gradients;
+    * ``"moments"`` (independent samples) and ``"batch_moments"``
+      (batch-statistics BN): their squared norms (float32) and their sum
+      (float64 vector);
+    * ``"moments_row_floats"``: per-sample floats one ``"moments"`` call holds.
+    """
+    model = objective._model
+    zero = tf.UnconnectedGradients.ZERO
+
+    def flat(tensors, rows):
+        return tf.concat([tf.reshape(t, [rows, -1]) for t in tensors], 1)
+
+    def sample_gradient(trainable, fixed):
+        def gradient(args):
+            x, y = args
+            with tf.GradientTape() as tape:
+                tape.watch(trainable)
+                logits, _ = model.stateless_call(trainable, fixed, x[None], training=False)
+                loss = tf.reduce_sum(_cross_entropies(logits, y[None]))
+            return flat(tape.gradient(loss, trainable, unconnected_gradients=zero), 1)[0]
+        return gradient
+
+    def jacobian_rows(trainable, fixed, xb, yb, start, stop):
+        # Row i: d l_i(w; batch)/dw, the whole batch in the forward pass.
+        with tf.GradientTape() as tape:
+            tape.watch(trainable)
+            logits, _ = model.stateless_call(trainable, fixed, xb, training=False)
+            rows = _cross_entropies(logits, yb)[start:stop]
+        jacobian = tape.jacobian(rows, trainable, unconnected_gradients=zero,
+                                 experimental_use_pfor=True)
+        return flat(jacobian, stop - start)
+
+    def rows_fn(trainable, fixed, xb, yb, start, stop):
+        if objective.bn_eval == "batch":
+            return jacobian_rows(trainable, fixed, xb, yb, start, stop)
+        return tf.vectorized_map(sample_gradient(trainable, fixed),
+                                 (xb[start:stop], yb[start:stop]))
+
+    def batch_moments_fn(trainable, fixed, xb, yb, start, stop):
+        rows = jacobian_rows(trainable, fixed, xb, yb, start, stop)
+        return (tf.reduce_sum(tf.square(rows), 1),
+                tf.cast(tf.reduce_sum(rows, 0), tf.float64))
+
+    tapped_model, tapped = _tapped_model(model)
+    taken = {i for pair in tapped.values() for i in pair if i is not None}
+    others = [i for i in range(len(objective._shapes)) if i not in taken]
+    layer_order = []  # tapped layers in the order of their calls (set while tracing)
+
+    def moments_fn(trainable, fixed, xb, yb, start, stop):
+        def sample(args):
+            x, y = args
+            records = []
+            with tf.GradientTape() as tape:
+                tape.watch(trainable)
+                _TAPS.records, _TAPS.tape = records, tape
+                try:
+                    logits, _ = tapped_model.stateless_call(trainable, fixed, x[None],
+                                                            training=False)
+                finally:
+                    _TAPS.records = _TAPS.tape = None
+                loss = tf.reduce_sum(_cross_entropies(logits, y[None]))
+            records = [r for r in records if r[0] in tapped]
+            gradients = tape.gradient(loss, [trainable[i] for i in others]
+                                      + [tap for _, _, tap in records], unconnected_gradients=zero)
+            layer_order[:] = [layer for layer, _, _ in records]
+            inputs = [tf.reshape(a, [-1, a.shape[-1]]) for _, a, _ in records]
+            deltas = [tf.reshape(d, [-1, d.shape[-1]]) for d in gradients[len(others):]]
+            return gradients[:len(others)], inputs, deltas
+
+        other_grads, inputs, deltas = tf.vectorized_map(sample, (xb[start:stop], yb[start:stop]))
+        rows = stop - start
+        norms = tf.zeros([rows], tf.float32)
+        sums = [None] * len(objective._shapes)
+        for i, g in zip(others, other_grads):
+            norms += tf.reduce_sum(tf.reshape(tf.square(g), [rows, -1]), 1)
+            sums[i] = tf.reduce_sum(g, 0)
+        for layer, (kernel, bias) in tapped.items():
+            calls = [k for k, other in enumerate(layer_order) if other is layer]
+            if not calls:
+                continue
+            # A layer called several times: its calls are more rows t.
+            a = tf.concat([inputs[k] for k in calls], 1)   # (rows, T, d)
+            d = tf.concat([deltas[k] for k in calls], 1)   # (rows, T, h)
+            if a.shape[1] == 1:
+                norms += tf.reduce_sum(tf.square(a), [1, 2]) * tf.reduce_sum(tf.square(d), [1, 2])
+            else:
+                norms += tf.reduce_sum(tf.einsum("rtd,rsd->rts", a, a)
+                                       * tf.einsum("rth,rsh->rts", d, d), [1, 2])
+            sums[kernel] = tf.einsum("rtd,rth->dh", a, d)
+            if bias is not None:
+                per_sample = tf.reduce_sum(d, 1)
+                norms += tf.reduce_sum(tf.square(per_sample), 1)
+                sums[bias] = tf.reduce_sum(per_sample, 0)
+        sums = [tf.zeros(shape) if t is None else t for t, shape in zip(sums, objective._shapes)]
+        return norms, tf.concat([tf.reshape(tf.cast(t, tf.float64), [-1]) for t in sums], 0)
+
+    weights = [tf.TensorSpec(shape, tf.float32) for shape in objective._shapes]
+    fixed = [tf.TensorSpec(a.shape, d) for a, d in zip(objective._fixed, objective._fixed_dtypes)]
+    xb, _ = objective._batches[0]
+    signature = [weights, fixed, tf.TensorSpec([None, *xb.shape[1:]], tf.float32),
+                 tf.TensorSpec([None], tf.int64), tf.TensorSpec([], tf.int32),
+                 tf.TensorSpec([], tf.int32)]
+    row_floats = (sum(objective._sizes[i] for i in others)
+                  + sum(layer.kernel.shape[0] + layer.kernel.shape[1] for layer in tapped))
+    return {
+        "rows": _ranged(tf.function(rows_fn, input_signature=signature)),
+        "moments": _ranged(tf.function(moments_fn, input_signature=signature)),
+        "batch_moments": _ranged(tf.function(batch_moments_fn, input_signature=signature)),
+        "moments_row_floats": row_floats,
+    }
+
+
+def _ranged(function):
+    """Passes Python row bounds as int32 tensors (one trace for all of them)."""
+    def call(trainable, fixed, xb, yb, start, stop):
+        return function(trainable, fixed, xb, yb, tf.constant(start, tf.int32),
+                        tf.constant(stop, tf.int32))
+    return call

@@ -102,22 +102,23 @@ def locate_models(*, workdir=None, model=None, dataset=None, data_dir=None, outp
 
 
 def measure_settings(*, eps, subspace_dim, maxiter, start, bn_eval, batch_size, num_samples,
-                     seed, subspace_scale, hessian_topk, hessian_trace_probes):
-    """The `MeasureSettings` of this command's arguments (checked on construction)."""
+                     seed, subspace_scale, hessian_topk, hessian_trace_probes, **options):
+    """The `MeasureSettings` of this command's arguments (checked on construction);
+    `options` are its fields of the same names (``measures``, ``adaptive_rho``, ...)."""
     from keras_sharpness.measure import MeasureSettings
 
     return MeasureSettings(
         eps=tuple(eps), subspace_dims=(subspace_dim,), maxiter=maxiter, start=start,
         bn_eval=bn_eval, eval_batch_size=batch_size, num_samples=num_samples, seed=seed,
         subspace_scale=subspace_scale, hessian_topk=hessian_topk,
-        hessian_trace_probes=hessian_trace_probes)
+        hessian_trace_probes=hessian_trace_probes, **options)
 
 
 def compute(*, models, data, network, output, eps, subspace_dim=0, maxiter=10, seed=0,
             start="zero", bn_eval="batch", batch_size=1000, num_samples=None,
             hessian_topk=0, hessian_trace_probes=0, overwrite=False, echo=print,
-            subspace_scale="gaussian"):
-    """Sharpness (and optionally Hessian eigenvalues) of each model at each eps.
+            subspace_scale="gaussian", **options):
+    """Sharpness and the other measures asked for, of each model.
 
     Args:
         models: list of ``(label, checkpoint path)``.
@@ -139,6 +140,9 @@ def compute(*, models, data, network, output, eps, subspace_dim=0, maxiter=10, s
         hessian_trace_probes: Hutchinson probes for tr(H) (0: skip).
         overwrite: recompute records that the report already holds.
         echo: where progress and the table go (one line per call).
+        **options: further `MeasureSettings` fields: ``measures`` (names
+            of `keras_sharpness.measure.MEASURES`, or ``"all"``) and their
+            settings.
 
     Returns:
         The list of records computed or reused by this call.
@@ -151,7 +155,7 @@ def compute(*, models, data, network, output, eps, subspace_dim=0, maxiter=10, s
         eps=eps, subspace_dim=subspace_dim, maxiter=maxiter, start=start, bn_eval=bn_eval,
         batch_size=batch_size, num_samples=num_samples, seed=seed,
         subspace_scale=subspace_scale, hessian_topk=hessian_topk,
-        hessian_trace_probes=hessian_trace_probes)
+        hessian_trace_probes=hessian_trace_probes, **options)
     output = pathlib.Path(output)
     io.ensure_writable_dir(output.parent, "output directory")
     # Checkpoints are loaded (a bad one refused) before the possibly slow data
@@ -165,9 +169,24 @@ def compute(*, models, data, network, output, eps, subspace_dim=0, maxiter=10, s
 
 
 def format_table(records):
-    """Table 3/4-style lines: network, space, eps, then one column per model."""
-    if not records:
-        return []
+    """Table 3/4-style lines: network, space, eps, then one column per model;
+    then one line per model and other measure."""
+    others = [r for r in records if "measure" in r]
+    records = [r for r in records if "measure" not in r]
+    lines = _sharpness_table(records) if records else []
+    for r in others:
+        if r["measure"] == "accuracy":
+            lines.append(f"{r['model']} accuracy: train {100 * r['train_acc']:.2f} %, test "
+                         f"{100 * r['test_acc']:.2f} %; loss train {r['train_loss']:.4g}, "
+                         f"test {r['test_loss']:.4g}")
+        else:
+            lines.append(f"{r['model']} {r['measure']}: {r['value_name']} = "
+                         f"{_number(r['value'])}")
+    return lines
+
+
+def _sharpness_table(records):
+    """`format_table` of Metric 2.1 records."""
     labels = list(dict.fromkeys(r["model"] for r in records))
     rows = {}
     for r in records:
@@ -180,10 +199,6 @@ def format_table(records):
         space = "full" if subspace_dim == 0 else f"p={subspace_dim}"
         lines.append(f"{str(network):<10} {space:<8} {value:<8g} " + " ".join(
             f"{_number(cells.get(label)):>{width}}" for label in labels))
-    hessians = {r["model"]: r.get("hessian_top") for r in records if r.get("hessian_top")}
-    for label, values in hessians.items():
-        lines.append(f"top Hessian eigenvalues {label}: "
-                     + ", ".join(f"{v:.4g}" for v in values))
     for r in records:
         if r.get("per_start"):
             lines.append(f"{r['model']} eps={r['eps']:g} by start: " + ", ".join(

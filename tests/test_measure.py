@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import pathlib
 import types
 
 import numpy as np
@@ -13,13 +14,12 @@ from keras_sharpness.measure import MeasureSettings
 
 #: Every field of a record (docstring of keras_sharpness.measure).
 SCHEMA = set(measure.RECORD_KEY) | {
-    "network", "checkpoint", "dataset", "hessian_top", "hessian_trace", "versions",
+    "network", "checkpoint", "dataset", "versions",
     "sharpness", "phi_paper", "f0", "fmax", "f_final", "p", "num_params", "iterations",
     "evaluations", "message", "seconds", "objective_seconds", "projection_seconds",
     "solver_seconds", "ascent", "converged", "solver_options", "num_train_samples",
     "best_start", "per_start"}
-CONTEXT = dict(network="toy", checkpoint=None, dataset="toy", hessian_top=[],
-               hessian_trace=None, versions={})
+CONTEXT = dict(network="toy", checkpoint=None, dataset="toy", versions={})
 
 
 class Quadratic:
@@ -52,6 +52,16 @@ class Quadratic:
     ({"hessian_topk": -1}, "hessian_topk must be 0 (skip) or a positive integer"),
     ({"hessian_trace_probes": 1.5}, "hessian_trace_probes"),
     ({"subspace_scale": "unit"}, "subspace scale"),
+    ({"measures": "sharpness,curvature"}, "unknown measure 'curvature'"),
+    ({"measures": ""}, "unknown measure"),
+    ({"adaptive_rho": 0.0}, "adaptive_rho must be a finite number > 0"),
+    ({"adaptive_rho": float("nan")}, "adaptive_rho"),
+    ({"adaptive_norm": "l1"}, "adaptive_norm must be l2 or linf"),
+    ({"trace_rtol": 2.0}, "trace_rtol must be a finite number >= 0 and <= 1"),
+    ({"lanczos_steps": 1}, "lanczos_steps"),
+    ({"m_sharpness": -4}, "m_sharpness must be 0 (the whole subset) or a positive integer"),
+    ({"pac_bayes_target": -0.1}, "pac_bayes_target"),
+    ({"landscape_points": 2}, "landscape_points"),
 ])
 def test_bad_settings_are_one_line_user_errors(kwargs, message):
     with pytest.raises(UserError) as info:
@@ -89,7 +99,7 @@ def test_a_record_has_the_one_schema():
         {"start", "sharpness", "phi_paper", "iterations", "message"}] * 2
     assert record["sharpness"] == max(s["sharpness"] for s in record["per_start"])
     assert measure.record_key(record) == ("sharpness", "Q", None, 0.1, 0, 5, 0, "zero,corner", "none", 7,
-                                          None, "identity")
+                                          None, "identity", None)
     json.dumps(record)  # JSON-ready
     # SharpnessResult.to_dict speaks the same names.
     assert best.to_dict()["sharpness"] == best.phi and "phi" not in best.to_dict()
@@ -165,3 +175,84 @@ def test_sweep_refuses_bad_input_in_one_line(toy, tmp_path):
     (tmp_path / "r.json").write_text("{}")
     with pytest.raises(UserError, match="not a list of measurement records"):
         measure.sweep([("a", model)], data, settings, tmp_path / "r.json")
+
+
+def test_measures_are_named_once_and_ordered():
+    settings = MeasureSettings(measures="noise_scale, accuracy,sharpness")
+    assert settings.measures == ("sharpness", "accuracy", "noise_scale")
+    assert MeasureSettings(measures="all").measures == tuple(measure.MEASURES)
+    # The Hessian flags of earlier versions add their measure; the measure alone has a k.
+    assert MeasureSettings(hessian_topk=3).measures == ("sharpness", "hessian_top")
+    assert MeasureSettings(measures="hessian_top").hessian_topk == 1
+    assert MeasureSettings(measures="hessian_trace").params("hessian_trace") == {
+        "probes": 100, "rtol": 0.01}
+    every_field = {f.name for f in dataclasses.fields(MeasureSettings)}
+    for m in measure.MEASURES.values():
+        assert set(m.params.values()) <= every_field and m.summary and m.value
+
+
+def test_registry_measures_are_records_of_the_same_store(toy, tmp_path, monkeypatch):
+    from keras_sharpness import hessian
+
+    model, data = toy
+    data.x_test, data.y_test = data.x_train[:10], data.y_train[:10]
+    settings = MeasureSettings(eps=(1e-2,), subspace_dims=(0,), maxiter=2, eval_batch_size=20,
+                               measures="sharpness,accuracy,hessian_top", hessian_topk=2)
+    store = tmp_path / "records.json"
+    first = measure.sweep([("toy", model)], data, settings, store, echo=None)
+    assert [r.get("measure", "sharpness") for r in first] == ["accuracy", "sharpness",
+                                                              "hessian_top"]
+    top = first[-1]
+    assert top["params"] == {"k": 2} and top["bn_eval"] == "batch"
+    objective = measure.training_loss(model, data.x_train, data.y_train, settings)
+    exact = hessian.top_eigenvalues(objective, 2).eigenvalues
+    assert top["result"]["eigenvalues"] == pytest.approx(exact, rel=1e-4)
+    assert top["value"] == top["result"]["eigenvalues"][0]
+    assert json.loads(store.read_text()) == first
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a stored record was recomputed")
+
+    monkeypatch.setattr(hessian, "top_eigenvalues", forbidden)
+    assert measure.sweep([("toy", model)], forbidden, settings, store, echo=None) == first
+    # Another k is another record; the first one stays.
+    monkeypatch.undo()
+    more = dataclasses.replace(settings, hessian_topk=3, measures=("hessian_top",))
+    [three] = measure.sweep([("toy", model)], data, more, store, echo=None)
+    assert three["params"] == {"k": 3} and len(three["result"]["eigenvalues"]) == 3
+    assert len(json.loads(store.read_text())) == 4
+
+
+def test_every_measure_in_one_sweep_is_stored_and_reused(toy, tmp_path, monkeypatch):
+    model, data = toy
+    data.x_test, data.y_test = data.x_train[:10], data.y_train[:10]
+    settings = MeasureSettings(
+        eps=(1e-2,), subspace_dims=(0,), maxiter=2, eval_batch_size=20, measures="all",
+        hessian_trace_probes=10, density_probes=2, lanczos_steps=8, adaptive_steps=3,
+        adaptive_samples=4, pac_bayes_samples=2, noise_bootstrap=100, noise_group_size=10,
+        landscape_points=5)
+    store = tmp_path / "run" / "sharpness.json"
+    lines = []
+    first = measure.sweep([("toy", model)], data, settings, store, echo=lines.append)
+    assert [r.get("measure", "sharpness") for r in first] == [
+        "accuracy", "sharpness", *list(measure.MEASURES)[2:]]
+    for record in first[2:]:
+        assert record["params"] == settings.params(record["measure"])
+        assert record["value"] is None or np.isfinite(record["value"])
+        assert record["num_train_samples"] == 40 and record["bn_eval"] == "batch"
+        assert all(pathlib.Path(f).stat().st_size > 0 for f in record["figures"])
+        assert any(line.startswith(f"toy {record['measure']}: {record['value_name']} = ")
+                   for line in lines)
+    figures = {r["measure"]: r["figures"] for r in first[2:] if r["figures"]}
+    assert sorted(figures) == ["landscape", "spectral_density"]
+    assert json.loads(store.read_text()) == first
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a stored record was recomputed")
+
+    for name, m in measure.MEASURES.items():
+        if m.take is not None:
+            monkeypatch.setitem(measure.MEASURES, name, dataclasses.replace(m, take=forbidden))
+    monkeypatch.setattr(metric, "sharpness_multistart", forbidden)
+    monkeypatch.setattr(measure, "accuracy_and_loss", forbidden)
+    assert measure.sweep([("toy", model)], forbidden, settings, store, echo=None) == first

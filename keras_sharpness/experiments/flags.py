@@ -15,6 +15,7 @@ def define_common_flags(flag_values=None):
     from absl import flags
 
     from keras_sharpness.cli import define_stop_rule_flags
+    from keras_sharpness.commands import define_measure_flags
 
     fv = flags.FLAGS if flag_values is None else flag_values
     flags.DEFINE_string("network", None, "F1, F2, C1, C2, C3 or C4.", short_name="n",
@@ -54,6 +55,7 @@ def define_common_flags(flag_values=None):
     flags.DEFINE_string("lb_batch_size", "0.1", "LB batch (count, or fraction < 1; paper "
                         "10%).", flag_values=fv)
     define_stop_rule_flags(fv)
+    define_measure_flags(fv)
     flags.DEFINE_integer("verbose", None, "0 quiet, 1 progress bars, 2 one line per epoch "
                          "(default: 1 on a terminal, 2 when output goes to a file).",
                          flag_values=fv)
@@ -108,6 +110,7 @@ def common_from_flags(FLAGS, experiment):
     """
     from keras_sharpness import io, runs
     from keras_sharpness.cli import default_verbosity
+    from keras_sharpness.commands import MEASURE_FLAGS
     from keras_sharpness.data import load_arrays
     from keras_sharpness.experiments.measure import MeasureSettings
     from keras_sharpness.metric import check_settings
@@ -124,6 +127,12 @@ def common_from_flags(FLAGS, experiment):
         check_settings(e, 0, FLAGS.maxiter, FLAGS.start, None, FLAGS.subspace_scale)
     if any(p < 0 for p in dims):
         raise UserError("--subspace_dims must be >= 0")
+    settings = MeasureSettings(eps=eps, subspace_dims=dims, maxiter=FLAGS.maxiter,
+                               start=FLAGS.start, bn_eval=FLAGS.bn_eval,
+                               eval_batch_size=FLAGS.eval_batch_size,
+                               num_samples=FLAGS.sharpness_samples, seed=FLAGS.seed,
+                               subspace_scale=FLAGS.subspace_scale,
+                               **{name: FLAGS[name].value for name in MEASURE_FLAGS})
     workdir = io.ensure_writable_dir(FLAGS.workdir or f"runs/{experiment}_{network}",
                                      "--workdir")
     figures_dir = io.ensure_writable_dir(FLAGS.figures_dir or workdir, "--figures_dir")
@@ -133,11 +142,6 @@ def common_from_flags(FLAGS, experiment):
     data = load_arrays(wanted.dataset, data_dir=wanted.data_dir,
                        train_size=wanted.train_size, test_size=wanted.test_size,
                        seed=wanted.seed)
-    settings = MeasureSettings(eps=eps, subspace_dims=dims, maxiter=FLAGS.maxiter,
-                               start=FLAGS.start, bn_eval=FLAGS.bn_eval,
-                               eval_batch_size=FLAGS.eval_batch_size,
-                               num_samples=FLAGS.sharpness_samples, seed=FLAGS.seed,
-                               subspace_scale=FLAGS.subspace_scale)
     verbose = default_verbosity() if FLAGS.verbose is None else FLAGS.verbose
     return dict(network=network, dataset=canonical_source(wanted.dataset), data=data,
                 run_settings=run_settings, settings=settings,
