@@ -28,6 +28,7 @@ CONSOLE_SCRIPTS = [
     "ks-trajectory = keras_sharpness.commands:trajectory",
     "ks-sensitivity = keras_sharpness.commands:sensitivity",
     "ks-report = keras_sharpness.commands:report",
+    "ks-landscape = keras_sharpness.commands:landscape",
 ]
 
 

@@ -14,6 +14,7 @@ console script    same as
 ``ks-trajectory``   ``python -m keras_sharpness.experiments.trajectory``
 ``ks-sensitivity``  ``python -m keras_sharpness.experiments.sensitivity``
 ``ks-report``       ``python -m keras_sharpness.gap_report``
+``ks-landscape``    ``python -m keras_sharpness.landscape``
 ================  ==================================================
 
 A command defines its flags when it starts (two commands share flag names,
@@ -283,6 +284,92 @@ def _sharpness(settings):
     from keras_sharpness import sharpness_cli
 
     sharpness_cli.compute(**settings)
+
+
+# --------------------------------------------------------------- landscape
+LANDSCAPE_USAGE = """\
+Filter-normalized loss landscapes (Li et al. 2018) of SB and LB minimizers, 1-D or 2-D.
+
+    ks-landscape --workdir runs/F1                         # 1-D, random direction
+    ks-landscape --workdir runs/F1 --dims=2 --landscape_points=21
+    ks-landscape --workdir runs/F1 --direction=sb_lb --dims=2   # SB -> LB and across
+    python -m keras_sharpness.landscape --model m.keras --dataset npz:data.npz
+
+Writes landscape_<direction>_<dims>d.json and figures (contour + surface in
+2-D) into --output_dir (default <workdir>/figures). See docs/measures.md.
+"""
+
+
+def define_landscape_flags(flag_values=None):
+    """The flags of ``ks-landscape`` (`keras_sharpness.landscape.run`)."""
+    from absl import flags
+
+    fv = flags.FLAGS if flag_values is None else flag_values
+    flags.DEFINE_string("workdir", None, "Run directory holding sb.keras, lb.keras and "
+                        "run.json.", flag_values=fv)
+    flags.DEFINE_string("model", None, "A single .keras checkpoint (instead of --workdir).",
+                        flag_values=fv)
+    flags.DEFINE_string("dataset", None, "Data source for --model; overrides run.json.",
+                        flag_values=fv)
+    flags.DEFINE_string("data_dir", None, "TensorFlow Datasets directory.", flag_values=fv)
+    flags.DEFINE_string("output_dir", None, "Where JSON and figures go (default: figures/ "
+                        "beside the models).", flag_values=fv)
+    flags.DEFINE_enum("direction", "random", ["random", "sb_lb"], "random: filter-normalized "
+                      "random direction(s); sb_lb: from SB to LB (and a random one across "
+                      "in 2-D).", flag_values=fv)
+    flags.DEFINE_integer("dims", 1, "1 (a curve) or 2 (a grid: points^2 evaluations).",
+                         flag_values=fv)
+    flags.DEFINE_enum("bn_eval", "batch", ["batch", "moving", "model"], "BatchNorm at "
+                      "evaluation (as compute_sharpness).", flag_values=fv)
+    flags.DEFINE_integer("batch_size", 1000, "Fixed batch size of f.", flag_values=fv)
+    flags.DEFINE_integer("num_samples", None, "Seeded subset of the training set.",
+                         flag_values=fv)
+    flags.DEFINE_integer("seed", 0, "Seed of the directions and the subset.", flag_values=fv)
+    flags.DEFINE_integer("landscape_points", 21, "Points per axis.", flag_values=fv)
+    flags.DEFINE_float("landscape_span", 1.0, "Random axes span [-span, span].",
+                       flag_values=fv)
+
+
+def landscape_settings(FLAGS):
+    """Keyword arguments of `keras_sharpness.landscape.run`, checked before TensorFlow."""
+    import pathlib
+
+    from keras_sharpness import cli, sharpness_cli
+    from keras_sharpness.errors import UserError
+    from keras_sharpness.measure import MeasureSettings
+
+    cli.check_finite_flags()
+    if FLAGS.dims not in (1, 2):
+        raise UserError(f"--dims must be 1 or 2, got {FLAGS.dims}")
+    settings = MeasureSettings(
+        bn_eval=FLAGS.bn_eval, eval_batch_size=FLAGS.batch_size, num_samples=FLAGS.num_samples,
+        seed=FLAGS.seed, landscape_points=FLAGS.landscape_points,
+        landscape_span=FLAGS.landscape_span)
+    if os.environ.get(cli.CHECK_FLAGS_ONLY):
+        return None
+    located = sharpness_cli.locate_models(workdir=FLAGS.workdir, model=FLAGS.model,
+                                          dataset=FLAGS.dataset, data_dir=FLAGS.data_dir)
+    if FLAGS.direction == "sb_lb" and FLAGS.workdir is None:
+        raise UserError("--direction=sb_lb needs --workdir (a run with sb.keras and lb.keras)")
+    output_dir = FLAGS.output_dir or pathlib.Path(located["models"][0][1]).parent / "figures"
+    return dict(models=located["models"], data=located["data"], settings=settings,
+                output_dir=output_dir, direction=FLAGS.direction, dims=FLAGS.dims)
+
+
+def landscape():
+    """``ks-landscape``: filter-normalized loss landscapes (`keras_sharpness.landscape`)."""
+    from keras_sharpness import cli
+
+    define_landscape_flags()
+    cli.run(_landscape, landscape_settings, doc=LANDSCAPE_USAGE)
+
+
+def _landscape(settings):
+    from keras_sharpness import landscape
+    from keras_sharpness.data import load_arrays
+
+    data = settings.pop("data")
+    landscape.run(data=lambda: load_arrays(**data), echo=print, **settings)
 
 
 # ------------------------------------------------------------------ report

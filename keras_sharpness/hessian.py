@@ -401,7 +401,8 @@ def lanczos(matvec, start, steps):
     beside a Hessian-vector product small. Memory: ``steps * n`` float64.
 
     Args:
-        matvec: v -> H v for a symmetric H.
+        matvec: v -> H v for a symmetric H, a new float64 array each call
+            (it is updated in place).
         start: the start vector (normalized here).
         steps: the most steps (one product each).
 
@@ -410,30 +411,35 @@ def lanczos(matvec, start, steps):
         (length k - 1) of the tridiagonal T = Q^T H Q. Fewer than ``steps``
         on breakdown (`BREAKDOWN_RTOL`).
     """
-    q = np.asarray(start, np.float64) / np.linalg.norm(start)
-    basis = np.empty((int(steps), len(q)))
+    steps = int(steps)
+    basis = np.empty((steps, len(start)))
+    # Vectors are written into the basis in place: on a large network every
+    # pass over an n-vector costs about as much as a Lanczos step's arithmetic.
+    np.divide(start, np.linalg.norm(start), out=basis[0])
     alpha, beta = [], []
     scale = 0.0
-    for j in range(int(steps)):
-        basis[j] = q
-        r = matvec(q)
+    for j in range(steps):
+        q = basis[j]
+        r = np.asarray(matvec(q), dtype=np.float64)  # a new array: updated in place
         alpha.append(float(q @ r))
         r -= alpha[-1] * q
         if beta:
             r -= beta[-1] * basis[j - 1]
         scale = max(scale, abs(alpha[-1]), beta[-1] if beta else 0.0)
-        if j == int(steps) - 1:
+        if j == steps - 1:
             break
         for _ in range(2):
             before = np.linalg.norm(r)
-            r -= basis[:j + 1].T @ (basis[:j + 1] @ r)
+            # (c @ V, not V.T @ c: NumPy's transposed product is several
+            # times slower for a few rows.)
+            r -= (basis[:j + 1] @ r) @ basis[:j + 1]
             norm = float(np.linalg.norm(r))
             if norm > REORTHOGONALIZE_AGAIN * before:
                 break
         if norm <= BREAKDOWN_RTOL * scale or norm == 0.0:
             break
         beta.append(norm)
-        q = r / norm
+        np.divide(r, norm, out=basis[j + 1])
     return np.asarray(alpha), np.asarray(beta)
 
 
@@ -452,7 +458,7 @@ def spectral_density(objective, *, num_probes=1, lanczos_steps=90, point=None,
     eigendecomposition of the tridiagonal T (`scipy.linalg.eigh_tridiagonal`):
     its eigenvalues are the quadrature nodes, the squared first components of
     its eigenvectors the weights (Ghorbani, Krishnan & Xiao 2019; PyHessian's
-    ``density`` with its defaults, 90 steps and one probe). The extreme nodes
+    ``density``, whose defaults are 100 steps and one probe). The extreme nodes
     converge to the extreme eigenvalues first; the bulk is resolved only in
     distribution. With ``lanczos_steps >= n`` the nodes are H's distinct
     eigenvalues (to the HVPs' float32 precision). The Lanczos basis is kept

@@ -368,3 +368,98 @@ def plot_landscape_2d(result, out_stem, *, title=None, levels=30):
     fig.suptitle(title if title is not None else
                  f"2-D loss landscape, BN: {r.get('bn_eval') or 'none'}", fontsize=10)
     return save_figure(fig, out_stem)
+
+
+#: Directions of `run`: random filter-normalized ones, or SB -> LB (plus a random one in 2-D).
+DIRECTIONS = ("random", "sb_lb")
+
+
+def run(models, data, settings, output_dir, *, direction="random", dims=1, echo=None):
+    """Landscapes of saved models, as ``ks-landscape`` draws them; JSON and figures.
+
+    * ``direction="random"``: for every model, f along one filter-normalized
+      random direction (``dims=1``, alpha in [-span, span]) or on the plane of
+      two (``dims=2``, seeds ``seed`` and ``seed + 1``).
+    * ``direction="sb_lb"``: the models must be ``SB`` and ``LB``; the axis is
+      w_LB - w_SB from SB (alpha in [-0.5, 1.5]: SB at 0, LB at 1, the
+      parametric plot's axis), and in 2-D a filter-normalized random
+      direction of SB (beta in [-span, span]) across it. f is SB's (its BN
+      moving statistics, where ``bn_eval`` is ``"moving"``).
+
+    f is `keras_sharpness.measure.training_loss` of `settings` (BN choice,
+    batch size, ``num_samples`` subset, seed), the f of every other measure.
+
+    Args:
+        models: ``(label, checkpoint path)`` pairs.
+        data: `keras_sharpness.data.ArrayData`, or a function returning it.
+        settings: `keras_sharpness.measure.MeasureSettings` (also
+            ``landscape_points`` and ``landscape_span``).
+        output_dir: where ``landscape_<direction>_<dims>d.json`` and the
+            figures ``<label>_landscape_<direction>_<dims>d.{pdf,png}`` go.
+        direction: one of `DIRECTIONS`.
+        dims: 1 or 2 (a 2-D grid costs points^2 evaluations of f).
+        echo: progress lines (None: silent).
+
+    Returns:
+        The JSON-ready dict written.
+
+    Raises:
+        UserError: a bad direction or dims, or sb_lb without SB and LB.
+    """
+    import pathlib
+
+    from keras_sharpness import io
+    from keras_sharpness.measure import training_loss
+
+    echo = echo or (lambda line: None)
+    if direction not in DIRECTIONS:
+        raise UserError(f"unknown direction {direction!r}; choose one of {', '.join(DIRECTIONS)}")
+    if dims not in (1, 2):
+        raise UserError(f"dims must be 1 or 2, got {dims!r}")
+    labels = [label for label, _ in models]
+    if direction == "sb_lb" and sorted(labels) != ["LB", "SB"]:
+        raise UserError("direction sb_lb needs a run directory with sb.keras and lb.keras")
+    output_dir = io.ensure_writable_dir(output_dir, "--output_dir")
+    loaded = {label: io.load_model(path) for label, path in models}
+    data = data() if callable(data) else data
+    n, span = settings.landscape_points, settings.landscape_span
+    sides = np.linspace(-span, span, n)
+    name = f"landscape_{direction}_{dims}d"
+    out = {"direction": direction, "dims": dims, "settings": settings.to_dict(),
+           "models": {label: str(path) for label, path in models}, "results": {},
+           "figures": [], "versions": io.versions()}
+    targets = ["SB"] if direction == "sb_lb" else labels
+    for label in targets:
+        objective = training_loss(loaded[label], data.x_train, data.y_train, settings,
+                                  settings.num_samples)
+        random = filter_normalized_direction(objective, seed=settings.seed)
+        if direction == "sb_lb":
+            w_lb = training_loss(loaded["LB"], data.x_train[:1], data.y_train[:1],
+                                 settings).initial_point()
+            first = sb_lb_direction(objective, objective.initial_point(), w_lb,
+                                    normalize="none")
+            alphas = np.linspace(-0.5, 1.5, n)
+        else:
+            first, alphas = random, sides
+        progress = (lambda line, label=label: echo(f"{label} {name}: {line}"))
+        if dims == 1:
+            result = landscape_1d(objective, first, alphas, progress=progress)
+            figures = plot_landscape_1d(result, output_dir / f"{label}_{name}")
+        else:
+            second = (filter_normalized_direction(objective, seed=settings.seed + 1)
+                      if direction == "random" else random)
+            result = landscape_2d(objective, first, second, alphas, sides, progress=progress)
+            figures = plot_landscape_2d(result, output_dir / f"{label}_{name}")
+        out["results"][label] = result.to_dict()
+        out["figures"] += [str(f) for f in figures]
+        echo(f"{label} {name}: figure {figures[-1]}")
+    path = pathlib.Path(output_dir) / f"{name}.json"
+    io.write_json(path, out)
+    echo(f"wrote {path}")
+    return out
+
+
+if __name__ == "__main__":
+    from keras_sharpness import commands
+
+    commands.landscape()

@@ -336,8 +336,9 @@ class Measure:
         params: record field -> `MeasureSettings` field, the settings that
             define it (part of the record's key).
         take: ``(objective, settings, figure_stem, echo) -> (value, result
-            dict, figure paths)``; None for the two measures the sweep
-            takes its own way (``sharpness``, ``accuracy``).
+            dict, figure paths)`` (figure_stem None: draw none); None for
+            the two measures the sweep takes its own way (``sharpness``,
+            ``accuracy``).
         sharper_is_larger: a larger value means a sharper minimum (False
             for the noise scale, which is no sharpness).
     """
@@ -375,7 +376,8 @@ def _take_spectral_density(objective, settings, figure_stem, echo):
 
     density = hessian.spectral_density(objective, num_probes=settings.density_probes,
                                        lanczos_steps=settings.lanczos_steps, seed=settings.seed)
-    figures = plotting.plot_spectral_density(density, figure_stem)
+    figures = [] if figure_stem is None else plotting.plot_spectral_density(density,
+                                                                             figure_stem)
     result = density.to_dict()
     return float(max(max(nodes) for nodes in result["nodes"])), result, figures
 
@@ -424,7 +426,7 @@ def _take_landscape(objective, settings, figure_stem, echo):
     span = settings.landscape_span
     curve = landscape.landscape_1d(
         objective, direction, np.linspace(-span, span, settings.landscape_points))
-    figures = landscape.plot_landscape_1d(curve, figure_stem)
+    figures = [] if figure_stem is None else landscape.plot_landscape_1d(curve, figure_stem)
     result = curve.to_dict()
     losses = np.asarray(result["loss"], dtype=np.float64)
     return float(losses.max() - losses[len(losses) // 2]), result, figures

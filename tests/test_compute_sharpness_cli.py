@@ -159,3 +159,48 @@ def test_bad_input_is_one_line_and_nonzero_exit(run_dir, case, args, message):
     lines = error_lines(done.stderr)
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("error: ") and message in lines[0], lines[0]
+
+
+def test_measures_then_report_then_landscape_end_to_end(run_dir, tmp_path):
+    workdir = run_dir / "run"
+    output = tmp_path / "measures.json"
+    done = run_script("--workdir", workdir, "--output", output,
+                      "--measures=accuracy,adaptive_worst,noise_scale", "--adaptive_norm=linf",
+                      "--adaptive_rho=1e-3", "--adaptive_steps=2", "--noise_bootstrap=100",
+                      "--noise_group_size=10")
+    assert done.returncode == 0, done.stderr
+    records = json.loads(output.read_text())
+    assert [(r["model"], r["measure"]) for r in records] == [
+        (m, k) for m in ("SB", "LB") for k in ("accuracy", "adaptive_worst", "noise_scale")]
+    worst = records[1]
+    assert worst["params"] == {"rho": 1e-3, "norm": "linf", "eta": 0.0, "steps": 2, "m": 0}
+    assert worst["result"]["norm"] == "linf" and worst["value"] >= 0
+    assert records[2]["result"]["method"] == "two_batch"  # batch-statistics BN
+    assert "SB accuracy: train " in done.stdout and "LB noise_scale: B_simple = " in done.stdout
+
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    report = subprocess.run([sys.executable, "-m", "keras_sharpness.gap_report",
+                             f"--runs={output}", f"--output_dir={tmp_path / 'report'}",
+                             "--bootstrap=100"], capture_output=True, text=True, cwd=ROOT,
+                            env=env, timeout=120)
+    assert report.returncode == 0, report.stderr
+    rows = json.loads((tmp_path / "report" / "report.json").read_text())["rows"]
+    assert [r["model"] for r in rows] == ["SB", "LB"]
+    assert rows[0]["values"]["adaptive_worst"] == worst["value"]
+
+    plane = subprocess.run([sys.executable, "-m", "keras_sharpness.landscape",
+                            f"--workdir={workdir}", "--direction=sb_lb", "--dims=2",
+                            "--landscape_points=5", f"--output_dir={tmp_path / 'land'}"],
+                           capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert plane.returncode == 0, plane.stderr
+    result = json.loads((tmp_path / "land" / "landscape_sb_lb_2d.json").read_text())
+    grid = np.asarray(result["results"]["SB"]["loss"])
+    assert grid.shape == (5, 5)  # alphas -0.5, 0, 0.5, 1, 1.5; betas -1 .. 1
+    f = {r["model"]: r["train_loss"] for r in records if r["measure"] == "accuracy"}
+    assert grid[1, 2] == pytest.approx(f["SB"], rel=1e-5)  # SB at alpha 0
+    assert grid[3, 2] == pytest.approx(f["LB"], rel=1e-4)  # LB at alpha 1
+    assert (tmp_path / "land" / "SB_landscape_sb_lb_2d.png").stat().st_size > 0
+    bad = subprocess.run([sys.executable, "-m", "keras_sharpness.landscape",
+                          f"--workdir={workdir}", "--dims=3"], capture_output=True, text=True,
+                         cwd=ROOT, env=env, timeout=120)
+    assert bad.returncode == 2 and error_lines(bad.stderr) == ["error: --dims must be 1 or 2, got 3"]
