@@ -15,6 +15,11 @@ The calls a researcher needs, on any Keras 3 model (docs/own_model.md)::
     result.phi, result.ascent                                      # ... and its ascent
     ks.top_eigenvalues(f, k=3).eigenvalues                         # Hessian spectrum
     ks.hessian_trace(f, num_probes=100).trace                      # Hutchinson
+    ks.spectral_density(f, lanczos_steps=90).density()             # SLQ density
+    ks.adaptive_sharpness(f, 0.05, kind="worst")                   # adaptive (ASAM)
+    ks.pac_bayes_sigma(f).sigma                                    # Jiang et al.
+    ks.gradient_noise_scale(f).b_simple                            # McCandlish et al.
+    ks.rescale(model, alpha=10.0)                                  # Dinh et al. twin
     curve = ks.parametric_curve(sb_model, lb_model, data)          # Figure 3
     ks.plot_parametric(curve, "figure")                            # figure.pdf, .png
 
@@ -33,6 +38,17 @@ _API = {
     "sharpness_multistart": "keras_sharpness.metric",
     "top_eigenvalues": "keras_sharpness.hessian",
     "hessian_trace": "keras_sharpness.hessian",
+    "spectral_density": "keras_sharpness.hessian",
+    "plot_spectral_density": "keras_sharpness.plotting",
+    "adaptive_sharpness": "keras_sharpness.flatness",
+    "pac_bayes_sigma": "keras_sharpness.flatness",
+    "gradient_noise_scale": "keras_sharpness.noise_scale",
+    "rescale": "keras_sharpness.reparam",
+    "filter_normalized_direction": "keras_sharpness.landscape",
+    "landscape_1d": "keras_sharpness.landscape",
+    "landscape_2d": "keras_sharpness.landscape",
+    "MEASURES": "keras_sharpness.measure",
+    "MeasureSettings": "keras_sharpness.measure",
     "parametric_curve": "keras_sharpness.parametric",
     "plot_parametric": "keras_sharpness.plotting",
     "build_network": "keras_sharpness.networks",

@@ -416,6 +416,8 @@ def report_settings(FLAGS):
         raise UserError(f"--bootstrap must be at least 100, got {FLAGS.bootstrap}")
     if not 0 < FLAGS.confidence < 1:
         raise UserError(f"--confidence must be between 0 and 1, got {FLAGS.confidence}")
+    if os.environ.get(cli.CHECK_FLAGS_ONLY):
+        return None  # flags checked; the runs are looked at only for a real report
     find_stores(FLAGS.runs)  # every run exists and holds a store
     output_dir = FLAGS.output_dir or pathlib.Path(FLAGS.runs[0]) / "report"
     return dict(runs=list(FLAGS.runs), output_dir=output_dir, bootstrap=FLAGS.bootstrap,

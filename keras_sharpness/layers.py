@@ -22,9 +22,46 @@ variance, which leaves first derivatives right but makes Hessian-vector
 products through batch-statistics BN wrong. With ``synchronized=True`` (TensorFlow
 backend) the batch statistics are all-reduced across the replicas of a
 `tf.distribute` strategy, in training and, in ``"batch"`` mode, at evaluation.
+
+Ghost Batch Normalization (Hoffer, Hubara and Soudry 2017, "Train longer,
+generalize better"; Keras 2's ``virtual_batch_size``, which Keras 3 dropped)
+is ``virtual_batch_size=g``. It changes *training only*:
+
+* In training (``training=True``, layer trainable) a batch of B samples is cut
+  into ghost batches of g consecutive samples, ``ceil(B / g)`` of them; when g
+  does not divide B the last one is smaller (B mod g samples). Each ghost
+  batch is normalized with its own mean and biased variance, taken over its
+  samples and, for convolutional features, over the spatial positions too.
+  With ``g >= B`` there is one ghost batch: plain BatchNorm (to rounding).
+* The moving statistics are updated once per call, as plain BatchNorm does,
+  with ``m <- momentum m + (1 - momentum) mean_b`` and
+  ``v <- momentum v + (1 - momentum) var_b``, where ``mean_b`` and ``var_b``
+  are the ghost batches' means and variances averaged with weights
+  proportional to their sizes, i.e. averaged over the *samples* of the batch.
+  When g divides B (all ghost batches equal) that is the plain mean over the
+  ghost batches, Keras 2's rule: ``mean_b`` is then the batch mean and
+  ``var_b`` the mean within-ghost variance (smaller than the batch variance by
+  the spread of the ghost means), which is what `"moving"` evaluation should
+  use for a network trained on ghost statistics. A small last ghost batch
+  counts for its size, not as a full one.
+* At evaluation nothing changes: ``"batch"`` normalizes with the statistics of
+  the whole evaluation batch (the paper's ``mode=2``), ``"moving"`` with the
+  moving statistics.
+* Ghost batches are local: under a `tf.distribute` strategy every replica cuts
+  its own part of the batch, and the ghost statistics are never all-reduced,
+  even with ``synchronized=True`` (which then still all-reduces the
+  ``"batch"`` evaluation statistics). The moving statistics are updated with
+  each replica's values, as plain BatchNorm's are. Under gradient
+  accumulation every micro-batch is one forward pass, so ghost batches lie
+  within micro-batches.
+
+The ghost statistics have exact derivatives of every order (no
+``stop_gradient``, unlike `tf.nn.moments`). Ghost BN supports neither masks
+nor batch renormalization (``renorm=True``).
 """
 
 import contextlib
+import numbers
 
 import keras
 
@@ -53,20 +90,40 @@ def exact_moments(inputs, axes):
     return keras.ops.squeeze(mean, axis=tuple(axes)), variance
 
 
+def check_virtual_batch_size(value):
+    """Returns `value` as an int >= 1, or None; raises a one-line UserError otherwise."""
+    from keras_sharpness.errors import UserError
+
+    if value is None:
+        return None
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+            or not float(value).is_integer() or value < 1):
+        raise UserError(f"virtual_batch_size must be a positive integer or None, got {value!r}")
+    return int(value)
+
+
 @keras.saving.register_keras_serializable(package="keras_sharpness")
 class SwitchableBatchNormalization(keras.layers.BatchNormalization):
     """`keras.layers.BatchNormalization` with a choice of evaluation statistics.
 
     Args:
         bn_eval: ``"batch"`` (Keras 1 ``mode=2``) or ``"moving"``.
+        virtual_batch_size: Ghost BatchNorm: in training, normalize each run of
+            this many consecutive samples with its own statistics (see the
+            module docstring for the exact rules); None (default): plain BN.
         **kwargs: passed to `keras.layers.BatchNormalization`.
     """
 
-    def __init__(self, bn_eval="batch", **kwargs):
+    def __init__(self, bn_eval="batch", virtual_batch_size=None, **kwargs):
         super().__init__(**kwargs)
         self.bn_eval = check_bn_eval(bn_eval)
+        self.virtual_batch_size = check_virtual_batch_size(virtual_batch_size)
+        if self.virtual_batch_size is not None:
+            _check_ghost_compatible(self)
 
     def call(self, inputs, training=None, mask=None):
+        if training and self.trainable and self.virtual_batch_size is not None:
+            return self._ghost_call(inputs, mask)
         if training or self.bn_eval == "moving":
             return super().call(inputs, training=training, mask=mask)
         compute_dtype = keras.backend.result_type(inputs.dtype, "float32")
@@ -86,14 +143,112 @@ class SwitchableBatchNormalization(keras.layers.BatchNormalization):
         )
         return keras.ops.cast(outputs, self.compute_dtype)
 
+    def _ghost_call(self, inputs, mask):
+        """Training with ghost batches of `virtual_batch_size` consecutive samples."""
+        from keras_sharpness.errors import UserError
+
+        if mask is not None:
+            raise UserError(f"layer {self.name}: virtual_batch_size does not support masks")
+        _check_ghost_compatible(self)
+        ops = keras.ops
+        compute_dtype = keras.backend.result_type(inputs.dtype, "float32")
+        inputs = ops.cast(inputs, compute_dtype)
+        ghosts = GhostBatches(inputs, self.virtual_batch_size, self._reduction_axes)
+        mean = ghosts.means(inputs)
+        variance = ghosts.means(ops.square(inputs - ghosts.per_sample(mean)))
+        for moving, value in ((self.moving_mean, ghosts.pooled(mean)),
+                              (self.moving_variance, ghosts.pooled(variance))):
+            moving.assign(ops.cast(moving, compute_dtype) * self.momentum
+                          + value * (1.0 - self.momentum))
+        # tf.nn.batch_normalization's arithmetic, per ghost batch: with one
+        # ghost batch the outputs are bitwise plain BatchNorm's.
+        shape = [1] * len(inputs.shape)
+        shape[self.axis] = -1
+        inverse, offset = [], []
+        for m, v in zip(mean, variance):
+            scale = ops.rsqrt(v + self.epsilon)
+            if self.gamma is not None:
+                scale = scale * ops.reshape(ops.cast(self.gamma, compute_dtype), shape)
+            inverse.append(scale)
+            offset.append(-m * scale if self.beta is None else
+                          ops.reshape(ops.cast(self.beta, compute_dtype), shape) - m * scale)
+        outputs = inputs * ghosts.per_sample(inverse) + ghosts.per_sample(offset)
+        return ops.cast(outputs, self.compute_dtype)
+
     def get_config(self):
-        return {**super().get_config(), "bn_eval": self.bn_eval}
+        return {**super().get_config(), "bn_eval": self.bn_eval,
+                "virtual_batch_size": self.virtual_batch_size}
 
     @classmethod
     def from_config(cls, config):
         from keras_sharpness.migrate import upgrade
 
         return super().from_config(upgrade(config))  # checkpoints of earlier versions
+
+
+def _check_ghost_compatible(layer):
+    from keras_sharpness.errors import UserError
+
+    if layer.renorm:
+        raise UserError(f"layer {layer.name}: virtual_batch_size cannot be combined with renorm")
+    if layer.axis == 0:
+        raise UserError(f"layer {layer.name}: virtual_batch_size needs the batch axis 0 "
+                        f"to be a reduction axis, not axis=0")
+
+
+class GhostBatches:
+    """A batch cut along axis 0 into ghost batches of g consecutive samples.
+
+    There are ``groups = B // g`` full ghost batches (the *head*) and, when g
+    does not divide B, a last one of ``rest = B mod g`` samples (the *tail*).
+    A statistic of the ghost batches is a pair ``(head, tail)``: `head` of
+    shape ``(groups, ...)``, `tail` of shape ``(1, ...)`` (meaningless, and
+    never used, when ``rest == 0``). Everything is slices, reshapes and
+    reductions: it compiles with XLA, is deterministic, and has exact
+    derivatives of every order.
+
+    Args:
+        inputs: the batch (only its shape is used).
+        virtual_batch_size: g.
+        axes: the reduction axes of plain BatchNorm (0 and the spatial axes).
+    """
+
+    def __init__(self, inputs, virtual_batch_size, axes):
+        ops = keras.ops
+        ndim = len(inputs.shape)
+        self.size = virtual_batch_size
+        self.spatial = [a % ndim for a in axes if a % ndim != 0]
+        self.batch = ops.shape(inputs)[0]
+        self.groups = self.batch // virtual_batch_size
+        self.full = self.groups * virtual_batch_size
+        self.rest = self.batch - self.full
+
+    def means(self, values):
+        """Each ghost batch's mean of `values` over its samples and the spatial axes."""
+        ops = keras.ops
+        head = ops.reshape(values[:self.full],
+                           [self.groups, self.size] + list(ops.shape(values)[1:]))
+        head = ops.mean(head, axis=[1] + [a + 1 for a in self.spatial], keepdims=True)
+        # With rest == 0 the tail is the mean of no sample (NaN): it is
+        # repeated zero times and weighs nothing.
+        tail = ops.mean(values[self.full:], axis=[0] + self.spatial, keepdims=True)
+        return ops.squeeze(head, axis=1), tail
+
+    def per_sample(self, statistic):
+        """``(head, tail)`` repeated to one row per sample, in batch order."""
+        head, tail = statistic
+        return keras.ops.concatenate([keras.ops.repeat(head, self.size, axis=0),
+                                      keras.ops.repeat(tail, self.rest, axis=0)], axis=0)
+
+    def pooled(self, statistic):
+        """The ghost batches' values averaged with weights size / B, per channel."""
+        ops = keras.ops
+        head, tail = statistic
+        batch = ops.cast(self.batch, head.dtype)
+        head = ops.sum(head, axis=0) * (ops.cast(self.size, head.dtype) / batch)
+        tail = ops.where(self.rest > 0, tail[0] * (ops.cast(self.rest, head.dtype) / batch),
+                         ops.zeros_like(tail[0]))
+        return ops.reshape(head + tail, (-1,))
 
 
 def batchnorm_layers(model):
@@ -147,3 +302,95 @@ def using_bn_eval(model, mode):
     finally:
         for layer, old in previous.items():
             layer.bn_eval = old
+
+
+def has_batch_norm(model):
+    """Whether `model` has a BatchNormalization layer (nested included)."""
+    return bool(batchnorm_layers(model))
+
+
+def _check_has_batch_norm(model):
+    from keras_sharpness.errors import UserError
+
+    if not has_batch_norm(model):
+        raise UserError(f"virtual_batch_size (Ghost BatchNorm) needs BatchNormalization layers; "
+                        f"model {model.name} has none")
+
+
+def set_virtual_batch_size(model, virtual_batch_size):
+    """Sets the ghost batch size of every BatchNorm layer of `model`, in place.
+
+    Like `set_bn_eval`, it takes effect for calls traced afterwards: set it
+    before compiling. None switches Ghost BN off.
+
+    Raises:
+        UserError: bad size, no BatchNorm layer, or a Keras `BatchNormalization`
+            (it has no ghost mode: use `with_ghost_batch_norm`).
+    """
+    from keras_sharpness.errors import UserError
+
+    virtual_batch_size = check_virtual_batch_size(virtual_batch_size)
+    _check_has_batch_norm(model)
+    layers = batchnorm_layers(model)
+    plain = [layer.name for layer in layers
+             if not isinstance(layer, SwitchableBatchNormalization)]
+    if plain:
+        raise UserError(f"model {model.name}: Keras BatchNormalization layers ({', '.join(plain[:3])}) "
+                        f"have no ghost mode; use with_ghost_batch_norm to copy the model")
+    if virtual_batch_size is not None:
+        for layer in layers:
+            _check_ghost_compatible(layer)
+    for layer in layers:
+        layer.virtual_batch_size = virtual_batch_size
+    return model
+
+
+def with_ghost_batch_norm(model, virtual_batch_size):
+    """A copy of `model` whose BatchNorm layers use Ghost BN, weights copied.
+
+    Every `SwitchableBatchNormalization` keeps its configuration with
+    ``virtual_batch_size`` set; every Keras `BatchNormalization` becomes a
+    `SwitchableBatchNormalization` with ``bn_eval="moving"`` (what Keras BN
+    does at evaluation) and the same configuration. Layers nested in
+    sub-models are switched too. Evaluation outputs of the copy equal the
+    original's; training differs only by the ghost batches.
+
+    Args:
+        model: a functional or Sequential `keras.Model` with BatchNorm.
+        virtual_batch_size: the ghost batch size g (>= 1); None gives a copy
+            with plain BatchNorm.
+
+    Returns:
+        The new, uncompiled model.
+
+    Raises:
+        UserError: bad size, no BatchNorm layer, or a model that cannot be cloned.
+    """
+    from keras_sharpness.errors import UserError
+
+    virtual_batch_size = check_virtual_batch_size(virtual_batch_size)
+    _check_has_batch_norm(model)
+
+    def clone_layer(layer):
+        config = layer.get_config()
+        if isinstance(layer, keras.layers.BatchNormalization):
+            config["bn_eval"] = getattr(layer, "bn_eval", "moving")
+            config["virtual_batch_size"] = virtual_batch_size
+            return SwitchableBatchNormalization.from_config(config)
+        return layer.__class__.from_config(config)
+
+    try:
+        clone = keras.models.clone_model(model, clone_function=clone_layer, recursive=True)
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 (subclassed or exotic: say so in one line)
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"model {model.name} cannot be copied for Ghost BatchNorm "
+                        f"({message[:160]})") from None
+    old, new = model.weights, clone.weights
+    if [(v.name, tuple(v.shape)) for v in old] != [(v.name, tuple(v.shape)) for v in new]:
+        raise UserError(f"model {model.name} cannot be copied faithfully for Ghost BatchNorm "
+                        f"(its weights differ from its copy's)")
+    for source, target in zip(old, new):
+        target.assign(source)
+    return clone
