@@ -47,7 +47,6 @@ _API = {
     "filter_normalized_direction": "keras_sharpness.landscape",
     "landscape_1d": "keras_sharpness.landscape",
     "landscape_2d": "keras_sharpness.landscape",
-    "MEASURES": "keras_sharpness.measure",
     "MeasureSettings": "keras_sharpness.measure",
     "parametric_curve": "keras_sharpness.parametric",
     "plot_parametric": "keras_sharpness.plotting",

@@ -123,7 +123,7 @@ def list_package_flags_in_help():
                 fv.register_key_flag_for_module(sys.argv[0], flag)
 
 
-def run(main, settings_from_flags=None, *, doc=None):
+def run(main, settings_from_flags=None, *, doc=None, tensorflow=True):
     """Run an absl `main`, turning known bad input into one line and exit 2.
 
     Flags are parsed (``--flagfile=FILE`` reads them from a file) and checked
@@ -146,6 +146,8 @@ def run(main, settings_from_flags=None, *, doc=None):
             the command's settings or raises `UserError`.
         doc: the usage text ``--help`` prints (instead of the main module's
             docstring; a console script's main module has none).
+        tensorflow: import TensorFlow (quietly) before `main`; False for a
+            command that needs none (``ks-report`` reads JSON).
     """
     from absl import app
 
@@ -165,7 +167,8 @@ def run(main, settings_from_flags=None, *, doc=None):
             if os.environ.get(CHECK_FLAGS_ONLY):
                 return 0  # flags parsed and checked: the documentation test stops here
             quiet_library_logs()
-            quiet_tensorflow()
+            if tensorflow:
+                quiet_tensorflow()
             return main(argv) if settings_from_flags is None else main(settings)
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)

@@ -106,6 +106,23 @@ def define_plot_flags(flag_values=None):
     flags.DEFINE_integer("verbose", None, "0 silent, 1 progress bars, 2 one line per epoch "
                          "(default: 1 on a terminal, 2 when output goes to a file).",
                          flag_values=fv)
+    define_remedy_flags(fv)
+    flags.mark_flag_as_required("network", flag_values=fv)
+
+
+def define_remedy_flags(flag_values=None):
+    """The remedy flags of the training commands (`keras_sharpness.remedies.Remedies`).
+
+    They set the fields of the same name of `keras_sharpness.config.TrainingSettings`;
+    all are off by default (the paper's training). docs/remedies.md says what
+    each does.
+    """
+    from absl import flags
+
+    from keras_sharpness.remedies import APPLY_TO, LR_DECAYS
+    from keras_sharpness.schedules import OPTIMIZERS, SCALING_RULES
+
+    fv = flags.FLAGS if flag_values is None else flag_values
     # Appendix E: attempts to fix large-batch training.
     flags.DEFINE_bool("augment", False, "Augment training images: horizontal flips, "
                       "rotations up to 10 degrees, translations up to 0.2 (image inputs "
@@ -120,10 +137,37 @@ def define_plot_flags(flag_values=None):
                        flag_values=fv)
     flags.DEFINE_float("adversarial_clean_weight", 0.5, "alpha in alpha J(x) + (1 - alpha) "
                        "J(x_adv); 0 trains on adversarial inputs only.", flag_values=fv)
-    flags.DEFINE_enum("remedies_apply_to", "lb", ["lb", "sb", "both"], "Which runs get "
-                      "--augment / --conservative_lambda / --adversarial_eps.",
+    # Remedies found since (docs/remedies.md).
+    flags.DEFINE_enum("optimizer", "adam", list(OPTIMIZERS), "adam (the paper's), sgd "
+                      "(with --momentum), lamb (You et al. 2020) or lars (You et al. 2017).",
                       flag_values=fv)
-    flags.mark_flag_as_required("network", flag_values=fv)
+    flags.DEFINE_float("learning_rate", 0.001, "Base learning rate (0.001: Keras Adam's "
+                       "default, the paper's).", flag_values=fv)
+    flags.DEFINE_float("momentum", 0.9, "Momentum of --optimizer=sgd and lars.",
+                       flag_values=fv)
+    flags.DEFINE_enum("lr_scaling", "none", list(SCALING_RULES), "Scale --learning_rate "
+                      "with the batch: linear (Goyal et al. 2017) or sqrt (Hoffer et al. "
+                      "2017), from --lr_reference_batch.", flag_values=fv)
+    flags.DEFINE_integer("lr_reference_batch", 0, "The batch --learning_rate belongs to "
+                         "(0: the SB batch).", flag_values=fv)
+    flags.DEFINE_float("warmup_epochs", 0.0, "Epochs of linear learning-rate warm-up "
+                       "(Goyal et al. 2017: 5); from --learning_rate to the scaled rate.",
+                       flag_values=fv)
+    flags.DEFINE_enum("lr_decay", "none", list(LR_DECAYS), "Learning-rate decay after the "
+                      "warm-up: cosine to 0 at the epoch cap.", flag_values=fv)
+    flags.DEFINE_bool("train_longer", False, "Hoffer et al. 2017: LB trains for as many "
+                      "updates as SB (--epochs, or --max_epochs, scaled by LB/SB).",
+                      flag_values=fv)
+    flags.DEFINE_integer("ghost_batch_size", 0, "Ghost Batch Normalization (Hoffer et al. "
+                         "2017): BN statistics per ghost batch of this many samples (0: off).",
+                         flag_values=fv)
+    flags.DEFINE_float("sam_rho", 0.0, "Sharpness-aware minimization (Foret et al. 2021) "
+                       "with this radius when > 0 (Foret et al.: 0.05).", flag_values=fv)
+    flags.DEFINE_bool("sam_adaptive", False, "ASAM (Kwon et al. 2021) instead of SAM "
+                      "(rho ~0.5 to 2).", flag_values=fv)
+    flags.DEFINE_float("sam_eta", 0.01, "ASAM's eta in T = |w| + eta.", flag_values=fv)
+    flags.DEFINE_enum("remedies_apply_to", "lb", list(APPLY_TO), "Which runs get the "
+                      "remedy flags above.", flag_values=fv)
 
 
 def plot():
@@ -429,7 +473,7 @@ def report():
     from keras_sharpness import cli
 
     define_report_flags()
-    cli.run(_report, report_settings, doc=REPORT_USAGE)
+    cli.run(_report, report_settings, doc=REPORT_USAGE, tensorflow=False)
 
 
 def _report(settings):

@@ -45,6 +45,7 @@ import os
 from typing import Optional, Union
 
 from keras_sharpness import remedies as remedies_lib
+from keras_sharpness import schedules
 from keras_sharpness.errors import UserError
 from keras_sharpness.parametric import CURVES, PLOT_BN_EVAL
 from keras_sharpness.training import STRATEGIES
@@ -59,6 +60,9 @@ DEFAULT_DATASET = {"F1": "mnist", "F2": None, "C1": "cifar10", "C2": "cifar10",
 
 #: BatchNorm at evaluation of a trained model (`keras_sharpness.layers`).
 BN_EVAL_MODES = ("batch", "moving")
+
+#: The `TrainingSettings` fields that are `keras_sharpness.remedies.Remedies` options.
+REMEDY_FIELDS = tuple(f.name for f in dataclasses.fields(remedies_lib.Remedies))
 
 
 def check_network(name):
@@ -261,6 +265,10 @@ class TrainingSettings(_Settings):
         augment, conservative_lambda, conservative_steps, adversarial_eps,
             adversarial_clean_weight: Appendix E remedies
             (`keras_sharpness.remedies.Remedies`).
+        optimizer, learning_rate, momentum, lr_scaling, lr_reference_batch,
+            warmup_epochs, lr_decay, train_longer, ghost_batch_size, sam_rho,
+            sam_adaptive, sam_eta: the remedies found since
+            (`keras_sharpness.remedies.Remedies`, docs/remedies.md).
         remedies_apply_to: which runs get them: ``lb``, ``sb`` or ``both``.
     """
 
@@ -283,6 +291,18 @@ class TrainingSettings(_Settings):
     conservative_steps: int = 3
     adversarial_eps: float = 0.0
     adversarial_clean_weight: float = 0.5
+    optimizer: str = "adam"
+    learning_rate: float = 0.001
+    momentum: float = 0.9
+    lr_scaling: str = "none"
+    lr_reference_batch: int = 0
+    warmup_epochs: float = 0.0
+    lr_decay: str = "none"
+    train_longer: bool = False
+    ghost_batch_size: int = 0
+    sam_rho: float = 0.0
+    sam_adaptive: bool = False
+    sam_eta: float = 0.01
     remedies_apply_to: str = "lb"
 
     def _check(self):
@@ -308,12 +328,23 @@ class TrainingSettings(_Settings):
             "adversarial_eps": _number(self.adversarial_eps, "adversarial_eps"),
             "adversarial_clean_weight": _number(self.adversarial_clean_weight,
                                                 "adversarial_clean_weight"),
+            "optimizer": _choice(self.optimizer, "optimizer", schedules.OPTIMIZERS),
+            "learning_rate": _number(self.learning_rate, "learning_rate"),
+            "momentum": _number(self.momentum, "momentum"),
+            "lr_scaling": _choice(self.lr_scaling, "lr_scaling", schedules.SCALING_RULES),
+            "lr_reference_batch": _whole(self.lr_reference_batch, "lr_reference_batch",
+                                         at_least=0),
+            "warmup_epochs": _non_negative(self.warmup_epochs, "warmup_epochs"),
+            "lr_decay": _choice(self.lr_decay, "lr_decay", remedies_lib.LR_DECAYS),
+            "train_longer": bool(self.train_longer),
+            "ghost_batch_size": _whole(self.ghost_batch_size, "ghost_batch_size", at_least=0),
+            "sam_rho": _non_negative(self.sam_rho, "sam_rho"),
+            "sam_adaptive": bool(self.sam_adaptive),
+            "sam_eta": _non_negative(self.sam_eta, "sam_eta"),
             "remedies_apply_to": _choice(self.remedies_apply_to, "remedies_apply_to",
                                          remedies_lib.APPLY_TO),
         }
-        options = remedies_lib.Remedies(**{k: values[k] for k in (
-            "augment", "conservative_lambda", "conservative_steps", "adversarial_eps",
-            "adversarial_clean_weight")})
+        options = remedies_lib.Remedies(**{k: values[k] for k in REMEDY_FIELDS})
         lb_steps = values["accumulation_steps"] if "lb" in self._remedied(
             values["remedies_apply_to"]) else 1
         options.check(accumulation_steps=lb_steps)  # what the data does not decide
@@ -321,11 +352,8 @@ class TrainingSettings(_Settings):
 
     @property
     def remedies(self):
-        """The Appendix E options as a `keras_sharpness.remedies.Remedies`."""
-        return remedies_lib.Remedies(
-            augment=self.augment, conservative_lambda=self.conservative_lambda,
-            conservative_steps=self.conservative_steps, adversarial_eps=self.adversarial_eps,
-            adversarial_clean_weight=self.adversarial_clean_weight)
+        """The remedy options as a `keras_sharpness.remedies.Remedies`."""
+        return remedies_lib.Remedies(**{k: getattr(self, k) for k in REMEDY_FIELDS})
 
     @property
     def remedied_runs(self):
@@ -483,5 +511,5 @@ class PlotCommand(_Settings):
 
 
 __all__ = ["BN_EVAL_MODES", "DEFAULT_DATASET", "DataSettings", "NETWORKS", "PlotCommand",
-           "PlotSettings", "RunSettings", "TrainingSettings", "check_network",
+           "PlotSettings", "REMEDY_FIELDS", "RunSettings", "TrainingSettings", "check_network",
            "default_dataset"]

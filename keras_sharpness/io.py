@@ -201,6 +201,13 @@ def load_model(path):
     import keras
 
     import keras_sharpness.layers  # noqa: F401  (registers the BatchNorm layer)
+    from keras_sharpness import sam, schedules
+
+    # Registers the classes a checkpoint of a remedy run may name: the
+    # learning-rate schedule and LARS (an optimizer saved with the model) and
+    # SAMModel (a model saved during SAM training).
+    schedules.keras_objects()
+    sam.sam_model_class()
 
     path = pathlib.Path(path)
     if not path.is_file():

@@ -32,7 +32,9 @@ is ``virtual_batch_size=g``. It changes *training only*:
   does not divide B the last one is smaller (B mod g samples). Each ghost
   batch is normalized with its own mean and biased variance, taken over its
   samples and, for convolutional features, over the spatial positions too.
-  With ``g >= B`` there is one ghost batch: plain BatchNorm (to rounding).
+  With ``g >= B`` there is one ghost batch: plain BatchNorm, bitwise in the
+  outputs and the moving statistics (gradients to rounding, below). A last
+  ghost batch of one sample has variance 0: its outputs are beta.
 * The moving statistics are updated once per call, as plain BatchNorm does,
   with ``m <- momentum m + (1 - momentum) mean_b`` and
   ``v <- momentum v + (1 - momentum) var_b``, where ``mean_b`` and ``var_b``
@@ -48,16 +50,30 @@ is ``virtual_batch_size=g``. It changes *training only*:
   the whole evaluation batch (the paper's ``mode=2``), ``"moving"`` with the
   moving statistics.
 * Ghost batches are local: under a `tf.distribute` strategy every replica cuts
-  its own part of the batch, and the ghost statistics are never all-reduced,
-  even with ``synchronized=True`` (which then still all-reduces the
-  ``"batch"`` evaluation statistics). The moving statistics are updated with
-  each replica's values, as plain BatchNorm's are. Under gradient
+  its own part of the batch into ghost batches, and the statistics that
+  normalize are never all-reduced, even with ``synchronized=True``. What
+  ``synchronized=True`` does with Ghost BN: the pooled values that update the
+  moving statistics are averaged over the replicas (weighted by their batch
+  sizes), so that they pool every ghost batch of the global batch; and the
+  ``"batch"`` evaluation statistics are all-reduced, as without Ghost BN.
+  Without it, every replica updates the moving statistics with its own values
+  and, in Keras 3 (variables with aggregation ``"none"``), the first
+  replica's values are kept, as for plain BatchNorm. Under gradient
   accumulation every micro-batch is one forward pass, so ghost batches lie
   within micro-batches.
 
 The ghost statistics have exact derivatives of every order (no
 ``stop_gradient``, unlike `tf.nn.moments`). Ghost BN supports neither masks
-nor batch renormalization (``renorm=True``).
+nor batch renormalization (``renorm=True``). Its cost: the same reductions as
+plain BatchNorm, over a reshaped batch; with an unknown batch size (``fit``)
+one `keras.ops.cond` picks the path for g dividing B (a reshape) or not (a
+slice and a concatenation more).
+
+To use it: `set_virtual_batch_size` switches a model's
+`SwitchableBatchNormalization` layers in place (before compiling);
+`with_ghost_batch_norm` copies any functional model, Keras' own
+BatchNormalization included, with its weights; `has_batch_norm` says whether
+a model has a BatchNorm layer to switch at all.
 """
 
 import contextlib
@@ -153,27 +169,43 @@ class SwitchableBatchNormalization(keras.layers.BatchNormalization):
         ops = keras.ops
         compute_dtype = keras.backend.result_type(inputs.dtype, "float32")
         inputs = ops.cast(inputs, compute_dtype)
-        ghosts = GhostBatches(inputs, self.virtual_batch_size, self._reduction_axes)
-        mean = ghosts.means(inputs)
-        variance = ghosts.means(ops.square(inputs - ghosts.per_sample(mean)))
-        for moving, value in ((self.moving_mean, ghosts.pooled(mean)),
-                              (self.moving_variance, ghosts.pooled(variance))):
+        rest = ops.shape(inputs)[0] % self.virtual_batch_size
+        if isinstance(rest, int):  # batch size known now
+            outputs, mean, variance = self._ghost_normalize(inputs, tail=rest > 0)
+        else:  # g dividing B needs no slice or concatenation
+            outputs, mean, variance = ops.cond(
+                rest > 0, lambda: self._ghost_normalize(inputs, tail=True),
+                lambda: self._ghost_normalize(inputs, tail=False))
+        if self.synchronized:
+            mean, variance = _pooled_across_replicas(mean, variance, ops.shape(inputs)[0])
+        for moving, value in ((self.moving_mean, mean), (self.moving_variance, variance)):
             moving.assign(ops.cast(moving, compute_dtype) * self.momentum
                           + value * (1.0 - self.momentum))
+        return ops.cast(outputs, self.compute_dtype)
+
+    def _ghost_normalize(self, inputs, *, tail):
+        """Ghost BN outputs and the pooled ghost mean and variance."""
+        ops = keras.ops
+        ghosts = GhostBatches(inputs, self.virtual_batch_size, self._reduction_axes, tail=tail)
+        pieces = ghosts.split(inputs)
+        mean = ghosts.means(pieces)
+        variance = ghosts.means([ops.square(x - m) for x, m in zip(pieces, mean)])
         # tf.nn.batch_normalization's arithmetic, per ghost batch: with one
         # ghost batch the outputs are bitwise plain BatchNorm's.
         shape = [1] * len(inputs.shape)
         shape[self.axis] = -1
-        inverse, offset = [], []
-        for m, v in zip(mean, variance):
+        gamma = None if self.gamma is None else ops.reshape(
+            ops.cast(self.gamma, inputs.dtype), shape)
+        beta = None if self.beta is None else ops.reshape(
+            ops.cast(self.beta, inputs.dtype), shape)
+        outputs = []
+        for x, m, v in zip(pieces, mean, variance):
             scale = ops.rsqrt(v + self.epsilon)
-            if self.gamma is not None:
-                scale = scale * ops.reshape(ops.cast(self.gamma, compute_dtype), shape)
-            inverse.append(scale)
-            offset.append(-m * scale if self.beta is None else
-                          ops.reshape(ops.cast(self.beta, compute_dtype), shape) - m * scale)
-        outputs = inputs * ghosts.per_sample(inverse) + ghosts.per_sample(offset)
-        return ops.cast(outputs, self.compute_dtype)
+            if gamma is not None:
+                scale = scale * gamma
+            offset = -m * scale if beta is None else beta - m * scale
+            outputs.append(x * scale + offset)
+        return ghosts.join(outputs), ghosts.pooled(mean), ghosts.pooled(variance)
 
     def get_config(self):
         return {**super().get_config(), "bn_eval": self.bn_eval,
@@ -184,6 +216,20 @@ class SwitchableBatchNormalization(keras.layers.BatchNormalization):
         from keras_sharpness.migrate import upgrade
 
         return super().from_config(upgrade(config))  # checkpoints of earlier versions
+
+
+def _pooled_across_replicas(mean, variance, batch_size):
+    """The pooled ghost statistics of the global batch: each replica's, averaged
+    with weights its batch size (TensorFlow `tf.distribute`; else unchanged)."""
+    import tensorflow as tf
+
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return mean, variance
+    size = tf.cast(batch_size, mean.dtype)
+    mean, variance, size = context.all_reduce(
+        tf.distribute.ReduceOp.SUM, [mean * size, variance * size, size])
+    return mean / size, variance / size
 
 
 def _check_ghost_compatible(layer):
@@ -199,11 +245,14 @@ def _check_ghost_compatible(layer):
 class GhostBatches:
     """A batch cut along axis 0 into ghost batches of g consecutive samples.
 
-    There are ``groups = B // g`` full ghost batches (the *head*) and, when g
-    does not divide B, a last one of ``rest = B mod g`` samples (the *tail*).
-    A statistic of the ghost batches is a pair ``(head, tail)``: `head` of
-    shape ``(groups, ...)``, `tail` of shape ``(1, ...)`` (meaningless, and
-    never used, when ``rest == 0``). Everything is slices, reshapes and
+    There are ``groups = B // g`` full ghost batches, the *head*, viewed as
+    one tensor of shape ``(groups, g, ...)``, and, with ``tail=True``, a last
+    one of ``rest = B mod g`` samples, the *tail* (shape ``(rest, ...)``,
+    possibly empty). With ``tail=False`` (for g dividing B, the common case)
+    the batch is the head alone, a reshape, with no slice or concatenation.
+    `split` and `join` convert a batch to and from its pieces (``(head,)`` or
+    ``(head, tail)``); a statistic of the ghost batches has the same pieces,
+    shaped to broadcast against them. Everything is slices, reshapes and
     reductions: it compiles with XLA, is deterministic, and has exact
     derivatives of every order.
 
@@ -211,44 +260,55 @@ class GhostBatches:
         inputs: the batch (only its shape is used).
         virtual_batch_size: g.
         axes: the reduction axes of plain BatchNorm (0 and the spatial axes).
+        tail: whether to cut a tail (else g must divide B).
     """
 
-    def __init__(self, inputs, virtual_batch_size, axes):
+    def __init__(self, inputs, virtual_batch_size, axes, *, tail):
         ops = keras.ops
         ndim = len(inputs.shape)
         self.size = virtual_batch_size
+        self.tail = tail
         self.spatial = [a % ndim for a in axes if a % ndim != 0]
+        self.shape = list(ops.shape(inputs)[1:])
         self.batch = ops.shape(inputs)[0]
         self.groups = self.batch // virtual_batch_size
         self.full = self.groups * virtual_batch_size
         self.rest = self.batch - self.full
 
-    def means(self, values):
-        """Each ghost batch's mean of `values` over its samples and the spatial axes."""
-        ops = keras.ops
-        head = ops.reshape(values[:self.full],
-                           [self.groups, self.size] + list(ops.shape(values)[1:]))
-        head = ops.mean(head, axis=[1] + [a + 1 for a in self.spatial], keepdims=True)
-        # With rest == 0 the tail is the mean of no sample (NaN): it is
-        # repeated zero times and weighs nothing.
-        tail = ops.mean(values[self.full:], axis=[0] + self.spatial, keepdims=True)
-        return ops.squeeze(head, axis=1), tail
+    def split(self, values):
+        """The pieces of a batch."""
+        head_shape = [self.groups, self.size] + self.shape
+        if not self.tail:
+            return (keras.ops.reshape(values, head_shape),)
+        return keras.ops.reshape(values[:self.full], head_shape), values[self.full:]
 
-    def per_sample(self, statistic):
-        """``(head, tail)`` repeated to one row per sample, in batch order."""
-        head, tail = statistic
-        return keras.ops.concatenate([keras.ops.repeat(head, self.size, axis=0),
-                                      keras.ops.repeat(tail, self.rest, axis=0)], axis=0)
+    def join(self, pieces):
+        """The batch of its pieces (inverse of `split`)."""
+        head = keras.ops.reshape(pieces[0], [self.full] + self.shape)
+        return keras.ops.concatenate([head, pieces[1]], axis=0) if self.tail else head
+
+    def means(self, pieces):
+        """Each ghost batch's mean over its samples and the spatial axes."""
+        ops = keras.ops
+        head = ops.mean(pieces[0], axis=[1] + [a + 1 for a in self.spatial], keepdims=True)
+        if not self.tail:
+            return (head,)
+        tail = ops.mean(pieces[1], axis=[0] + self.spatial, keepdims=True)
+        # No tail sample: its mean over nothing is NaN; 0 keeps NaN out of the
+        # gradients of gamma and beta (where it would meet a zero).
+        return head, ops.where(self.rest > 0, tail, ops.zeros_like(tail))
 
     def pooled(self, statistic):
         """The ghost batches' values averaged with weights size / B, per channel."""
         ops = keras.ops
-        head, tail = statistic
+        head = statistic[0]
         batch = ops.cast(self.batch, head.dtype)
-        head = ops.sum(head, axis=0) * (ops.cast(self.size, head.dtype) / batch)
-        tail = ops.where(self.rest > 0, tail[0] * (ops.cast(self.rest, head.dtype) / batch),
-                         ops.zeros_like(tail[0]))
-        return ops.reshape(head + tail, (-1,))
+        pooled = ops.reshape(ops.sum(head, axis=0), (-1,)) * (
+            ops.cast(self.size, head.dtype) / batch)
+        if self.tail:
+            pooled = pooled + ops.reshape(statistic[1], (-1,)) * (
+                ops.cast(self.rest, head.dtype) / batch)
+        return pooled
 
 
 def batchnorm_layers(model):
@@ -335,8 +395,9 @@ def set_virtual_batch_size(model, virtual_batch_size):
     plain = [layer.name for layer in layers
              if not isinstance(layer, SwitchableBatchNormalization)]
     if plain:
-        raise UserError(f"model {model.name}: Keras BatchNormalization layers ({', '.join(plain[:3])}) "
-                        f"have no ghost mode; use with_ghost_batch_norm to copy the model")
+        raise UserError(f"model {model.name}: Keras BatchNormalization layers "
+                        f"({', '.join(plain[:3])}) have no ghost mode; use "
+                        f"with_ghost_batch_norm to copy the model")
     if virtual_batch_size is not None:
         for layer in layers:
             _check_ghost_compatible(layer)

@@ -30,21 +30,48 @@ BatchNorm moving statistics, so conservative training updates them
 `conservative_steps` times per batch and adversarial training twice (clean and
 perturbed inputs). With the default ``bn_eval="batch"`` (the paper's
 ``mode=2``) the moving statistics are never used.
+
+The remedies found since (issue 12, docs/remedies.md) are options of the same
+record, all off by default (the defaults are the paper's training):
+
+* **Optimizer and learning rate** (`keras_sharpness.schedules.make_optimizer`):
+  ``optimizer`` (``adam``, the paper's; ``sgd`` and ``lars`` with
+  ``momentum``; ``lamb``), ``learning_rate`` (Keras Adam's 0.001).
+* **Learning-rate scaling** (Goyal et al. 2017; Hoffer et al. 2017):
+  ``lr_scaling`` ``linear`` or ``sqrt`` multiplies ``learning_rate`` by
+  ``B / B_ref`` or ``sqrt(B / B_ref)``, ``B_ref = lr_reference_batch``
+  (0: the run's SB batch).
+* **Gradual warm-up** (Goyal et al. 2017): ``warmup_epochs`` of linear
+  ramp, from ``learning_rate`` to the scaled rate with scaling, from 0 to
+  ``learning_rate`` without; ``lr_decay="cosine"`` then decays to 0 at the
+  end of the run's epoch cap.
+* **Train longer** (Hoffer et al. 2017): ``train_longer`` gives LB the
+  epochs that make its number of updates SB's
+  (`keras_sharpness.schedules.train_longer_epochs`).
+* **Ghost Batch Normalization** (Hoffer et al. 2017): ``ghost_batch_size``
+  (`keras_sharpness.layers.with_ghost_batch_norm`).
+* **SAM / ASAM** (Foret et al. 2021; Kwon et al. 2021): ``sam_rho``,
+  ``sam_adaptive``, ``sam_eta`` (`keras_sharpness.sam.SAM`, `sam_model`).
 """
 
 import dataclasses
 
 import numpy as np
 
+from keras_sharpness import sam as sam_lib
+from keras_sharpness import schedules
 from keras_sharpness.errors import UserError
 
 #: Which runs of `keras_sharpness.training.train_sb_lb` get the remedies.
 APPLY_TO = ("lb", "sb", "both")
 
+#: Learning-rate decays after the warm-up (over the run's epoch cap).
+LR_DECAYS = ("none", "cosine")
+
 
 @dataclasses.dataclass(frozen=True)
 class Remedies:
-    """The Appendix E options of one training run (all off by default).
+    """The remedy options of one training run (all off by default).
 
     Attributes:
         augment: flip / rotate / translate training images.
@@ -55,6 +82,21 @@ class Remedies:
             [0, 1]); adversarial training is on when it is > 0.
         adversarial_clean_weight: alpha, the weight of the clean loss in
             ``alpha J(x) + (1 - alpha) J(x_adv)``; in [0, 1).
+        optimizer: ``adam`` (the paper's), ``sgd``, ``lamb`` or ``lars``
+            (`keras_sharpness.schedules.make_optimizer`).
+        learning_rate: the base rate (Keras Adam's default 0.001 is the paper's).
+        momentum: momentum of ``sgd`` and ``lars`` (unused otherwise).
+        lr_scaling: ``none``, ``linear`` or ``sqrt`` scaling of
+            `learning_rate` from `lr_reference_batch` to the run's batch.
+        lr_reference_batch: the batch `learning_rate` belongs to, in samples;
+            0 means the SB batch of the run (resolved by
+            `keras_sharpness.training.train_sb_lb`).
+        warmup_epochs: epochs of linear warm-up (may be fractional; 0: none).
+        lr_decay: ``none`` or ``cosine`` (to 0 at the end of the epoch cap).
+        train_longer: LB trains for the epochs that give it SB's number of
+            updates (with ``until_converged``: its ``max_epochs`` scaled so).
+        ghost_batch_size: Ghost BatchNorm's ghost batch, in samples (0: off).
+        sam_rho, sam_adaptive, sam_eta: SAM / ASAM (`keras_sharpness.sam.SAM`).
     """
 
     augment: bool = False
@@ -62,6 +104,18 @@ class Remedies:
     conservative_steps: int = 3
     adversarial_eps: float = 0.0
     adversarial_clean_weight: float = 0.5
+    optimizer: str = "adam"
+    learning_rate: float = 0.001
+    momentum: float = 0.9
+    lr_scaling: str = "none"
+    lr_reference_batch: int = 0
+    warmup_epochs: float = 0.0
+    lr_decay: str = "none"
+    train_longer: bool = False
+    ghost_batch_size: int = 0
+    sam_rho: float = 0.0
+    sam_adaptive: bool = False
+    sam_eta: float = 0.01
 
     @property
     def conservative(self):
@@ -72,9 +126,31 @@ class Remedies:
         return self.adversarial_eps > 0
 
     @property
+    def sam(self):
+        """The SAM / ASAM settings as a `keras_sharpness.sam.SAM`."""
+        return sam_lib.SAM(rho=self.sam_rho, adaptive=self.sam_adaptive, eta=self.sam_eta)
+
+    @property
+    def ghost(self):
+        return int(self.ghost_batch_size) > 0
+
+    @property
+    def scheduled(self):
+        """Whether the learning rate varies during the run (warm-up or decay)."""
+        return self.warmup_epochs > 0 or self.lr_decay != "none"
+
+    @property
+    def default_optimizer(self):
+        """Whether the optimizer is the paper's: Adam at 0.001, unscaled, constant."""
+        return (self.optimizer == "adam" and self.learning_rate == 0.001
+                and self.lr_scaling == "none" and not self.scheduled)
+
+    @property
     def any(self):
         """Whether any remedy is on."""
-        return self.augment or self.conservative or self.adversarial
+        return (self.augment or self.conservative or self.adversarial
+                or not self.default_optimizer or self.train_longer or self.ghost
+                or self.sam.on)
 
     @property
     def needs_train_step(self):
@@ -104,9 +180,46 @@ class Remedies:
         if self.conservative and int(accumulation_steps or 1) > 1:
             raise UserError("conservative training takes its Adam steps on whole batches; "
                             "it cannot be combined with accumulation_steps > 1")
+        self._check_modern()
+
+    def _check_modern(self):
+        """The issue-12 options (the flag named in each message)."""
+        if self.optimizer not in schedules.OPTIMIZERS:
+            raise UserError(f"--optimizer must be one of {', '.join(schedules.OPTIMIZERS)}, "
+                            f"got {self.optimizer!r}")
+        if not (np.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise UserError(f"--learning_rate must be a finite number > 0, "
+                            f"got {self.learning_rate:g}")
+        if not (np.isfinite(self.momentum) and 0 <= self.momentum < 1):
+            raise UserError(f"--momentum must be in [0, 1), got {self.momentum:g}")
+        if self.lr_scaling not in schedules.SCALING_RULES:
+            raise UserError(f"--lr_scaling must be one of {', '.join(schedules.SCALING_RULES)}, "
+                            f"got {self.lr_scaling!r}")
+        if int(self.lr_reference_batch) < 0 or self.lr_reference_batch != int(
+                self.lr_reference_batch):
+            raise UserError(f"--lr_reference_batch must be a whole number >= 0 (0: the SB "
+                            f"batch), got {self.lr_reference_batch!r}")
+        if not (np.isfinite(self.warmup_epochs) and self.warmup_epochs >= 0):
+            raise UserError(f"--warmup_epochs must be a finite number >= 0, "
+                            f"got {self.warmup_epochs:g}")
+        if self.lr_decay not in LR_DECAYS:
+            raise UserError(f"--lr_decay must be one of {', '.join(LR_DECAYS)}, "
+                            f"got {self.lr_decay!r}")
+        if int(self.ghost_batch_size) < 0 or self.ghost_batch_size != int(self.ghost_batch_size):
+            raise UserError(f"--ghost_batch_size must be a whole number >= 0 (0: off), "
+                            f"got {self.ghost_batch_size!r}")
+        try:
+            self.sam.check()
+        except UserError as e:  # name the flags
+            raise UserError(str(e).replace("sam rho", "--sam_rho").replace(
+                "sam eta", "--sam_eta").replace("sam adaptive", "--sam_adaptive")) from None
+        if self.sam.on and self.needs_train_step:
+            raise UserError("--sam_rho cannot be combined with conservative or adversarial "
+                            "training (each has its own train step)")
 
     def record(self):
         """The options as ``run.json`` keys; settings of an unused remedy are None."""
+        scaled = self.lr_scaling != "none"
         return {
             "augment": bool(self.augment),
             "conservative_lambda": float(self.conservative_lambda),
@@ -114,7 +227,31 @@ class Remedies:
             "adversarial_eps": float(self.adversarial_eps),
             "adversarial_clean_weight": (float(self.adversarial_clean_weight)
                                          if self.adversarial else None),
+            "optimizer": str(self.optimizer),
+            "learning_rate": float(self.learning_rate),
+            "momentum": (float(self.momentum) if self.optimizer in ("sgd", "lars")
+                         else None),
+            "lr_scaling": str(self.lr_scaling),
+            "lr_reference_batch": int(self.lr_reference_batch) if scaled else None,
+            "warmup_epochs": float(self.warmup_epochs),
+            "lr_decay": str(self.lr_decay),
+            "train_longer": bool(self.train_longer),
+            "ghost_batch_size": int(self.ghost_batch_size),
+            **self.sam.record(),
         }
+
+    def describe_optimizer(self):
+        """The optimizer and its learning rate in words (e.g. ``adam lr=0.001``)."""
+        rate = f"{self.optimizer} lr={self.learning_rate:g}"
+        if self.optimizer in ("sgd", "lars"):
+            rate += f" momentum={self.momentum:g}"
+        if self.lr_scaling != "none":
+            rate += f" {self.lr_scaling}-scaled"
+        if self.warmup_epochs:
+            rate += f", {self.warmup_epochs:g} warm-up epochs"
+        if self.lr_decay != "none":
+            rate += f", {self.lr_decay} decay"
+        return rate
 
     def describe(self):
         """A short human-readable summary ("" when none is on)."""
@@ -127,11 +264,83 @@ class Remedies:
         if self.adversarial:
             parts.append(f"FGSM eps={self.adversarial_eps:g} "
                          f"alpha={self.adversarial_clean_weight:g}")
+        if not self.default_optimizer:
+            parts.append(self.describe_optimizer())
+        if self.train_longer:
+            parts.append("train longer")
+        if self.ghost:
+            parts.append(f"Ghost BN {int(self.ghost_batch_size)}")
+        if self.sam.on:
+            parts.append(self.sam.describe())
         return ", ".join(parts)
 
 
 #: `run.json` values of a run made without remedies (or before they existed).
 RECORD_DEFAULTS = Remedies().record()
+
+
+# ---------------------------------------------------------- optimizer
+def learning_rate_plan(remedies, *, batch_size, num_samples, epochs, accumulation_steps=1):
+    """The learning rate of a run: base, scaled peak, warm-up and decay, in updates.
+
+    Args:
+        remedies: `Remedies` (``lr_reference_batch`` resolved: >= 1 when
+            ``lr_scaling`` is not ``none``).
+        batch_size: the run's batch, in samples.
+        num_samples: training-set size.
+        epochs: the run's epoch cap (the end of a cosine decay).
+        accumulation_steps: micro-batches per update.
+
+    Returns:
+        A JSON-ready dict: ``base``, ``peak`` (the scaled rate), ``start``
+        (the rate of the first warm-up update), ``warmup_steps``,
+        ``total_steps`` (updates in `epochs` epochs), ``decay``,
+        ``steps_per_epoch``.
+
+    Raises:
+        UserError: scaling without a reference batch, or a cosine decay that
+            ends before the warm-up does.
+    """
+    k = max(1, int(accumulation_steps or 1))
+    per_epoch = schedules.steps_in_epoch(num_samples, batch_size, k)
+    base = float(remedies.learning_rate)
+    if remedies.lr_scaling == "none":
+        peak, start = base, 0.0
+    else:
+        if int(remedies.lr_reference_batch) < 1:
+            raise UserError("--lr_scaling needs --lr_reference_batch (train_sb_lb sets 0 to "
+                            "the SB batch)")
+        peak = schedules.scaled_learning_rate(base, batch_size, int(remedies.lr_reference_batch),
+                                              remedies.lr_scaling)
+        start = min(base, peak)  # Goyal et al.: from the reference rate up
+    warmup = 0
+    if remedies.warmup_epochs > 0:
+        warmup = max(1, int(round(float(remedies.warmup_epochs) * per_epoch)))
+    total = int(epochs) * per_epoch
+    if remedies.lr_decay == "cosine" and total <= warmup:
+        raise UserError(f"--lr_decay=cosine needs more updates ({total} in {int(epochs)} "
+                        f"epochs) than --warmup_epochs takes ({warmup})")
+    return {"base": base, "peak": float(peak), "start": float(start) if warmup else float(peak),
+            "warmup_steps": warmup, "total_steps": total,
+            "decay": None if remedies.lr_decay == "none" else remedies.lr_decay,
+            "steps_per_epoch": per_epoch}
+
+
+def make_optimizer(remedies, plan, accumulation_steps=1):
+    """The run's Keras optimizer: `remedies.optimizer` at the rate of `plan`.
+
+    Args:
+        remedies: `Remedies`.
+        plan: `learning_rate_plan` of the run.
+        accumulation_steps: the optimizer's gradient accumulation (the
+            schedule counts updates, not micro-batches).
+    """
+    k = max(1, int(accumulation_steps or 1))
+    rate = schedules.make_schedule(
+        plan["peak"], warmup_steps=plan["warmup_steps"], start_lr=plan["start"],
+        decay=plan["decay"], total_steps=plan["total_steps"], accumulation_steps=k)
+    return schedules.make_optimizer(remedies.optimizer, rate, momentum=remedies.momentum,
+                                    gradient_accumulation_steps=k if k > 1 else None)
 
 
 # ------------------------------------------------------------ augmentation
@@ -334,6 +543,6 @@ def remedy_model(network, remedies):
         adversarial_clean_weight=remedies.adversarial_clean_weight)
 
 
-__all__ = ["APPLY_TO", "ImageAugmentation", "RECORD_DEFAULTS", "Remedies",
-           "augmentation_key", "fgsm_perturbation", "proximal_term", "remedy_model",
-           "remedy_model_class"]
+__all__ = ["APPLY_TO", "ImageAugmentation", "LR_DECAYS", "RECORD_DEFAULTS", "Remedies",
+           "augmentation_key", "fgsm_perturbation", "learning_rate_plan", "make_optimizer",
+           "proximal_term", "remedy_model", "remedy_model_class"]

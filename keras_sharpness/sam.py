@@ -38,6 +38,10 @@ all-reduce:
   batch statistics, hence the gradients, involve the whole global batch, but
   ``e`` still differs per replica.
 
+(Keras 3.15's ``gradient_accumulation_steps`` itself fails under
+`MirroredStrategy` on TensorFlow, for a plain model too: its apply step puts a
+``merge_call`` inside a ``cond``. Each works alone.)
+
 ``rho = 0`` makes ``e = 0`` exactly: a step is then the plain step of the
 optimizer (at twice the cost). Gradients scaled by a `LossScaleOptimizer`
 give the same ``e`` (it is scale-invariant).
@@ -162,7 +166,8 @@ def sam_perturbation(gradients, weights, rho, *, adaptive=False, eta=0.01, scale
 
     if scaled is None:
         scaled = [True] * len(weights)
-    gradients = [tf.zeros_like(w) if g is None else tf.cast(g, w.dtype)
+    # Sparse gradients (embeddings) become dense: e moves every row.
+    gradients = [tf.zeros_like(w) if g is None else tf.cast(tf.convert_to_tensor(g), w.dtype)
                  for g, w in zip(gradients, weights)]
     if adaptive:
         scales = [tf.abs(w) + tf.cast(eta, w.dtype) if s else None

@@ -63,6 +63,21 @@ attempts to fix LB training (`keras_sharpness.remedies`): augmentation in the
 input pipeline (seeded per batch, so resume stays exact), conservative and
 FGSM training in an overridden ``train_step``. The saved model is the plain
 network either way.
+
+Remedies found since (docs/remedies.md)
+---------------------------------------
+The same `keras_sharpness.remedies.Remedies` record holds them, all off by
+default: the optimizer and its learning rate (``optimizer``,
+``learning_rate``, ``momentum``; ``lr_scaling`` from ``lr_reference_batch``,
+``warmup_epochs``, ``lr_decay``: `keras_sharpness.remedies.learning_rate_plan`,
+whose steps are optimizer updates, so a warm-up is the same with
+accumulation), ``train_longer`` (resolved by `train_sb_lb`: LB's epochs, or
+``max_epochs`` with ``until_converged``, scaled to SB's number of updates),
+Ghost BatchNorm (``ghost_batch_size``: `keras_sharpness.layers.with_ghost_batch_norm`
+on the network that trains) and SAM / ASAM (``sam_rho``, ``sam_adaptive``,
+``sam_eta``: `keras_sharpness.sam.sam_model`). The optimizer's iteration
+counter is part of the per-epoch backup, so a resumed run continues on the
+same learning-rate curve.
 """
 
 import dataclasses
@@ -86,7 +101,9 @@ IDENTITY_KEYS = ("network", "dataset", "seed", "train_size", "sb_batch_size",
                  "min_delta", "max_epochs", "accumulation_steps", "augment",
                  "conservative_lambda", "conservative_steps", "adversarial_eps",
                  "adversarial_clean_weight", "remedies_apply_to", "relative_min_delta",
-                 "eval_batch_size", "keeps")
+                 "eval_batch_size", "keeps", "optimizer", "learning_rate", "momentum",
+                 "lr_scaling", "lr_reference_batch", "warmup_epochs", "lr_decay",
+                 "train_longer", "ghost_batch_size", "sam_rho", "sam_adaptive", "sam_eta")
 
 #: The ``kind`` of a run directory of SB and LB minimizers in its manifest.
 KIND = "sb_lb"
@@ -95,9 +112,15 @@ KIND = "sb_lb"
 STRICT_KEYS = ("network", "dataset")
 
 #: Values of identity keys added later, for a ``run.json`` written before
-#: them: such a work directory was made without the Appendix E remedies.
+#: them: such a work directory was made without any remedy (Adam at Keras'
+#: default rate, the paper's training).
 IDENTITY_DEFAULTS = {**remedies_lib.RECORD_DEFAULTS, "remedies_apply_to": None,
                      "relative_min_delta": None, "eval_batch_size": None, "keeps": "last"}
+
+
+#: ``run.json``'s ``optimizer`` before it was an identity key (the words of
+#: what is now ``optimizer="adam"`` at the default learning rate).
+LEGACY_OPTIMIZER = "Adam (Keras defaults)"
 
 
 class TrainingDivergedError(UserError):
@@ -359,8 +382,8 @@ def train_minimizer(x0, network, info, x_train, y_train, *, batch_size, out_path
                     callbacks=(), builder=None, augment=False, conservative_lambda=0.0,
                     conservative_steps=3, adversarial_eps=0.0,
                     adversarial_clean_weight=0.5, relative_min_delta=0.0,
-                    eval_batch_size=1000):
-    """Trains x0 with Adam at one batch size and saves the best epoch.
+                    eval_batch_size=1000, remedies=None):
+    """Trains x0 (with Adam, or as `remedies` say) at one batch size and saves the best epoch.
 
     After every epoch f and the accuracy over the whole training set are
     evaluated as the measurements evaluate them (BN evaluation choice `bn_eval`, fixed
@@ -407,6 +430,12 @@ def train_minimizer(x0, network, info, x_train, y_train, *, batch_size, out_path
         adversarial_eps: FGSM adversarial training with this step when > 0.
         adversarial_clean_weight: weight alpha of the clean loss in FGSM
             training (Goodfellow et al.: 0.5).
+        remedies: a `keras_sharpness.remedies.Remedies` with every remedy
+            option (optimizer, learning rate, Ghost BN, SAM, ...); when given,
+            it replaces the five Appendix E keywords above. Its
+            ``lr_reference_batch`` must be resolved (>= 1) with
+            ``lr_scaling``; ``train_longer`` is `train_sb_lb`'s business (pass
+            the epochs it implies).
 
     Returns:
         The trained model (plain network, uncompiled, weights of the run).
@@ -414,7 +443,8 @@ def train_minimizer(x0, network, info, x_train, y_train, *, batch_size, out_path
     Raises:
         TrainingDivergedError: the loss became NaN or Inf before any epoch
             finished (with a finished epoch the run stops and keeps the best).
-        UserError: remedy settings out of range or not applicable to the data.
+        UserError: remedy settings out of range or not applicable to the data
+            or network (e.g. Ghost BN without BatchNorm).
     """
     import keras
     import tensorflow as tf
@@ -443,11 +473,22 @@ def train_minimizer(x0, network, info, x_train, y_train, *, batch_size, out_path
     for name, value in (("min_delta", min_delta), ("relative_min_delta", relative_min_delta)):
         if not (np.isfinite(float(value)) and float(value) >= 0):
             raise UserError(f"{name} must be a finite number >= 0, got {value}")
-    remedies = remedies_lib.Remedies(
-        augment=bool(augment), conservative_lambda=float(conservative_lambda),
-        conservative_steps=int(conservative_steps), adversarial_eps=float(adversarial_eps),
-        adversarial_clean_weight=float(adversarial_clean_weight))
+    if remedies is None:
+        remedies = remedies_lib.Remedies(
+            augment=bool(augment), conservative_lambda=float(conservative_lambda),
+            conservative_steps=int(conservative_steps), adversarial_eps=float(adversarial_eps),
+            adversarial_clean_weight=float(adversarial_clean_weight))
     remedies.check(np.shape(x_train)[1:], k)
+    rate_plan = remedies_lib.learning_rate_plan(
+        remedies, batch_size=batch_size, num_samples=len(x_train), epochs=cap,
+        accumulation_steps=k)
+    # Each BN call sees one micro-batch of one replica.
+    per_call = batch_size // (k * strategy.num_replicas_in_sync)
+    if remedies.ghost and remedies.ghost_batch_size > per_call:
+        raise UserError(f"--ghost_batch_size {remedies.ghost_batch_size} is larger than the "
+                        f"{per_call} samples each BatchNorm call of {run_name} sees (batch "
+                        f"{batch_size}, {k} micro-batch(es), "
+                        f"{strategy.num_replicas_in_sync} replica(s))")
     # Created outside the strategy scope: its seed state is a plain variable
     # of the input pipeline, reset for every batch.
     augmentation = remedies_lib.ImageAugmentation() if remedies.augment else None
@@ -460,10 +501,23 @@ def train_minimizer(x0, network, info, x_train, y_train, *, batch_size, out_path
     with strategy.scope():
         plain = builder(synchronized)
         plain.set_weights(x0.get_weights())
-        # `plain` itself, or a RemedyModel sharing its layers and weights.
-        model = remedies_lib.remedy_model(plain, remedies)
-        optimizer = keras.optimizers.Adam(
-            gradient_accumulation_steps=k if k > 1 else None)
+        if remedies.ghost:
+            from keras_sharpness.layers import has_batch_norm, with_ghost_batch_norm
+
+            if not has_batch_norm(plain):
+                raise UserError(f"--ghost_batch_size needs a network with BatchNormalization; "
+                                f"{plain.name} has none")
+            # The network that trains; weights as `plain`'s, saved as the plain network.
+            plain = with_ghost_batch_norm(plain, remedies.ghost_batch_size)
+        # `plain` itself, or a SAMModel / RemedyModel sharing its layers and weights.
+        if remedies.sam.on:
+            from keras_sharpness.sam import sam_model
+
+            model = sam_model(plain, remedies.sam_rho, adaptive=remedies.sam_adaptive,
+                              eta=remedies.sam_eta)
+        else:
+            model = remedies_lib.remedy_model(plain, remedies)
+        optimizer = remedies_lib.make_optimizer(remedies, rate_plan, k)
         model.compile(optimizer=optimizer,
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                       metrics=["accuracy"])
@@ -477,6 +531,7 @@ def train_minimizer(x0, network, info, x_train, y_train, *, batch_size, out_path
               "strategy": type(strategy).__name__,
               "replicas": strategy.num_replicas_in_sync, "seed": seed,
               "train_size": len(x_train), **remedies.record(),
+              "learning_rate_plan": rate_plan,
               "stop_rule": stop_rule,
               "train_f": {"bn_eval": bn_eval, "eval_batch_size": int(eval_batch_size),
                           "num_samples": len(x_train)}}
@@ -635,11 +690,22 @@ def run_manifest(settings, info, *, lb_batch_size_requested, status):
         # Which epoch a run keeps: the one with the lowest training-set f.
         "keeps": "best",
         "strategy": t.strategy,
-        "optimizer": "Adam (Keras defaults)",
+        # ``optimizer`` (an identity key) names it; this says it in words.
+        "optimizer_summary": _optimizer_summary(t),
         "status": status,
         "settings": settings.to_dict(),
         "versions": io.versions(),
     }
+
+
+def _optimizer_summary(training_settings):
+    """``run.json``'s one-line ``optimizer``: the paper's Adam unless a remedy changes it."""
+    options = training_settings.remedies
+    if options.default_optimizer:
+        return LEGACY_OPTIMIZER
+    remedied = training_settings.remedied_runs
+    other = "" if len(remedied) == 2 else f"; otherwise {LEGACY_OPTIMIZER}"
+    return f"{'/'.join(r.upper() for r in remedied)}: {options.describe_optimizer()}{other}"
 
 
 def recorded_identity(record):
@@ -655,7 +721,10 @@ def recorded_identity(record):
         CheckpointError: ``settings`` that are not valid settings.
     """
     if "settings" not in record:
-        return {**IDENTITY_DEFAULTS, **{k: record[k] for k in IDENTITY_KEYS if k in record}}
+        flat = {k: record[k] for k in IDENTITY_KEYS if k in record}
+        if flat.get("optimizer") == LEGACY_OPTIMIZER:
+            flat["optimizer"] = "adam"
+        return {**IDENTITY_DEFAULTS, **flat}
     from keras_sharpness.config import RunSettings
 
     try:
@@ -683,6 +752,15 @@ def check_workdir(workdir, record):
     """
     _run_dir(workdir).check({"kind": KIND, **record}, identity=recorded_identity,
                             strict=STRICT_KEYS)
+
+
+def train_longer_epochs(epochs, sb_batch, batch, num_samples):
+    """Hoffer et al.'s "train longer": the epochs at `batch` that make as many
+    updates as `epochs` epochs at `sb_batch` (`keras_sharpness.schedules.train_longer_epochs`,
+    rounded up; `epochs` itself for SB)."""
+    from keras_sharpness.schedules import train_longer_epochs as longer
+
+    return longer(epochs, sb_batch, batch, num_samples=num_samples)
 
 
 def _run_dir(workdir):
@@ -728,18 +806,21 @@ def train_sb_lb(data, settings, workdir, *, verbose=1, callbacks=()):
                   flush=True)
     sb = resolve_batch_size(t.sb_batch_size, n, name="SB batch size")
     lb = resolve_batch_size(lb_requested, n, name="LB batch size")
-    remedies = t.remedies
     remedied = t.remedied_runs
-    remedies.check(data.info.input_shape, t.accumulation_steps if "lb" in remedied else 1)
+    t.remedies.check(data.info.input_shape, t.accumulation_steps if "lb" in remedied else 1)
     strategy = make_strategy(t.strategy)
     data_dir = settings.data.data_dir
     if data_dir is not None:
         data_dir = str(pathlib.Path(data_dir).expanduser().resolve())
+    # lr_reference_batch 0 means the SB batch of this run.
+    reference = t.lr_reference_batch or (sb if t.lr_scaling != "none" else 0)
     resolved = dataclasses.replace(
         settings,
         data=dataclasses.replace(settings.data, dataset=canonical_source(settings.data.dataset),
                                  data_dir=data_dir),
-        training=dataclasses.replace(t, sb_batch_size=sb, lb_batch_size=lb))
+        training=dataclasses.replace(t, sb_batch_size=sb, lb_batch_size=lb,
+                                     lr_reference_batch=reference))
+    remedies = resolved.training.remedies
     record = run_manifest(resolved, data.info, lb_batch_size_requested=lb_requested,
                           status="training")
     chief = is_chief(strategy)
@@ -751,7 +832,6 @@ def train_sb_lb(data, settings, workdir, *, verbose=1, callbacks=()):
         x0 = initial_point(run.model("x0"), t.network, data.info, seed=t.seed,
                            bn_eval=t.bn_eval)
         models = {"x0": x0}
-        options = dataclasses.asdict(remedies)
         for name, batch, k in (("sb", sb, 1), ("lb", lb, t.accumulation_steps)):
             out = run.model(name)
             if out.is_file():
@@ -759,15 +839,19 @@ def train_sb_lb(data, settings, workdir, *, verbose=1, callbacks=()):
                     print(f"{name.upper()}: reusing finished {out}", flush=True)
                 models[name] = io.load_model(out)
                 continue
+            options = remedies if name in remedied else remedies_lib.Remedies()
+            epochs, max_epochs = t.epochs, t.max_epochs
+            if options.train_longer:
+                epochs, max_epochs = (train_longer_epochs(e, sb, batch, n)
+                                      for e in (t.epochs, t.max_epochs))
             models[name] = train_minimizer(
                 x0, t.network, data.info, data.x_train, data.y_train, batch_size=batch,
                 out_path=out, history_path=run.history(name), backup_dir=run.backup(name),
-                run_name=name.upper(), epochs=t.epochs, until_converged=t.until_converged,
-                patience=t.patience, min_delta=t.min_delta, max_epochs=t.max_epochs,
+                run_name=name.upper(), epochs=epochs, until_converged=t.until_converged,
+                patience=t.patience, min_delta=t.min_delta, max_epochs=max_epochs,
                 seed=t.seed, relative_min_delta=t.relative_min_delta,
                 eval_batch_size=t.eval_batch_size, strategy=strategy, accumulation_steps=k,
-                bn_eval=t.bn_eval, verbose=verbose, callbacks=callbacks,
-                **(options if name in remedied else {}))
+                bn_eval=t.bn_eval, verbose=verbose, callbacks=callbacks, remedies=options)
         backups = run.backup("sb").parent
         if backups.is_dir() and not any(backups.iterdir()):
             backups.rmdir()
@@ -781,5 +865,5 @@ def train_sb_lb(data, settings, workdir, *, verbose=1, callbacks=()):
 __all__ = ["KIND", "STRATEGIES", "SeededBatches", "TrainingDivergedError", "canonical_source",
            "check_workdir", "epoch_permutation", "initial_point",
            "make_deterministic", "make_strategy", "read_history", "recorded_identity",
-           "resolve_batch_size", "run_identity", "run_manifest", "train_minimizer",
-           "train_sb_lb"]
+           "resolve_batch_size", "run_identity", "run_manifest", "train_longer_epochs",
+           "train_minimizer", "train_sb_lb"]

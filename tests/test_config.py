@@ -152,7 +152,7 @@ def test_to_dict_and_from_dict_round_trip_through_json():
     assert RunSettings.from_dict(json.loads(json.dumps(run.to_dict()))) == run
     assert run.to_dict()["training"]["network"] == "C3"
     with pytest.raises(UserError, match="unknown TrainingSettings field"):
-        TrainingSettings.from_dict({**run.training.to_dict(), "learning_rate": 0.1})
+        TrainingSettings.from_dict({**run.training.to_dict(), "weight_decay": 0.1})
     with pytest.raises(UserError, match="RunSettings without training"):
         RunSettings.from_dict({"data": run.data.to_dict()})
     with pytest.raises(UserError, match="--epochs must be at least 1"):
@@ -167,7 +167,7 @@ def test_the_earlier_plot_keyword_interface_builds_the_same_settings():
     assert plot.training == TrainingSettings("C1", epochs=1, seed=2, eval_batch_size=500)
     assert plot.training.eval_batch_size == plot.plot.eval_batch_size == 500
     with pytest.raises(TypeError):
-        PlotCommand.from_keywords("F1", dataset="digits", learning_rate=0.1)
+        PlotCommand.from_keywords("F1", dataset="digits", weight_decay=0.1)
 
 
 def test_building_settings_from_flags_imports_no_tensorflow():

@@ -64,7 +64,8 @@ def test_ghost_bn_equals_plain_bn_when_one_ghost_batch(shape, extra):
             tape.watch(x)
             y = layer(x, training=True)
             loss = tf.reduce_sum(tf.sin(y))
-        outputs.append((y.numpy(), tape.gradient(loss, x).numpy(),
+        gradients = tape.gradient(loss, [x, layer.gamma, layer.beta])
+        outputs.append((y.numpy(), [g.numpy() for g in gradients],
                         [w.numpy() for w in layer.weights]))
     (y_ghost, grad_ghost, w_ghost), (y_plain, grad_plain, w_plain) = outputs
     np.testing.assert_array_equal(y_ghost, y_plain)
@@ -72,7 +73,8 @@ def test_ghost_bn_equals_plain_bn_when_one_ghost_batch(shape, extra):
         np.testing.assert_array_equal(a, b)
     # Keras stops the gradient through the mean inside the variance (zero in
     # exact arithmetic), so gradients agree to rounding.
-    np.testing.assert_allclose(grad_ghost, grad_plain, atol=1e-5)
+    for a, b in zip(grad_ghost, grad_plain):  # inputs, gamma, beta
+        np.testing.assert_allclose(a, b, atol=1e-5)
 
 
 @pytest.mark.parametrize("shape, g", [((12, 5), 4), ((10, 5), 4), ((10, 5), 1),
@@ -167,17 +169,18 @@ def test_training_step_with_ghost_batches_updates_weights():
     model = small_model(virtual_batch_size=4)
     optimizer = keras.optimizers.Adam(1e-2)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    x, y = batch((10, 4, 4, 2)), np.arange(10) % 3  # ghost batches of 4, 4, 2
-    before = [w.numpy() for w in model.weights]
-    with tf.GradientTape() as tape:
-        loss = loss_fn(y, model(x, training=True))
-    gradients = tape.gradient(loss, model.trainable_variables)
-    optimizer.apply_gradients(zip(gradients, model.trainable_variables))
-    after = [w.numpy() for w in model.weights]
-    assert np.isfinite(loss.numpy())
-    assert all(np.all(np.isfinite(g.numpy())) for g in gradients)
-    assert all(np.all(np.isfinite(w)) for w in after)
-    assert all(not np.array_equal(a, b) for a, b in zip(before, after))  # incl. moving stats
+    for size in (10, 12):  # ghost batches of 4, 4, 2; of 4, 4, 4 (no short one)
+        x, y = batch((size, 4, 4, 2), seed=size), np.arange(size) % 3
+        before = [w.numpy() for w in model.weights]
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, model(x, training=True))
+        gradients = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+        after = [w.numpy() for w in model.weights]
+        assert np.isfinite(loss.numpy())
+        assert all(np.all(np.isfinite(g.numpy())) for g in gradients)
+        assert all(np.all(np.isfinite(w)) for w in after)
+        assert all(not np.array_equal(a, b) for a, b in zip(before, after))  # and moving stats
 
 
 def test_config_round_trip_and_keras_file(tmp_path):

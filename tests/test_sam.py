@@ -219,7 +219,8 @@ MIRRORED_SCRIPT = textwrap.dedent("""
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
     from keras_sharpness import sam
-    strategy = tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")])
+    cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
+    strategy = tf.distribute.MirroredStrategy(cpus)
     assert strategy.num_replicas_in_sync == 2
     x = np.asarray({x!r}, np.float32)
     y = np.asarray({y!r}, np.float32)

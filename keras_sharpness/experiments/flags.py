@@ -1,5 +1,6 @@
 """absl flags shared by the experiment commands (defined only by their mains)."""
 
+import dataclasses
 
 from keras_sharpness.errors import UserError
 
@@ -15,7 +16,7 @@ def define_common_flags(flag_values=None):
     from absl import flags
 
     from keras_sharpness.cli import define_stop_rule_flags
-    from keras_sharpness.commands import define_measure_flags
+    from keras_sharpness.commands import define_measure_flags, define_remedy_flags
 
     fv = flags.FLAGS if flag_values is None else flag_values
     flags.DEFINE_string("network", None, "F1, F2, C1, C2, C3 or C4.", short_name="n",
@@ -55,10 +56,30 @@ def define_common_flags(flag_values=None):
     flags.DEFINE_string("lb_batch_size", "0.1", "LB batch (count, or fraction < 1; paper "
                         "10%).", flag_values=fv)
     define_stop_rule_flags(fv)
+    define_remedy_flags(fv)
     define_measure_flags(fv)
     flags.DEFINE_integer("verbose", None, "0 quiet, 1 progress bars, 2 one line per epoch "
                          "(default: 1 on a terminal, 2 when output goes to a file).",
                          flag_values=fv)
+
+
+#: The experiments that train through `keras_sharpness.training.train_sb_lb`,
+#: hence take the remedy flags; the others refuse them.
+REMEDY_EXPERIMENTS = ("trials",)
+
+
+def check_remedies_apply(run_settings, experiment):
+    """Refuses, in one line, a remedy flag that `experiment` would ignore."""
+    from keras_sharpness.remedies import Remedies
+
+    if experiment in REMEDY_EXPERIMENTS:
+        return
+    options, default = run_settings.training.remedies, Remedies()
+    changed = [f.name for f in dataclasses.fields(options)
+               if getattr(options, f.name) != getattr(default, f.name)]
+    if changed:
+        raise UserError(f"--{changed[0]} is a training remedy; the {experiment} experiment "
+                        f"trains without remedies (use ks-plot or ks-trials)")
 
 
 def number(text, name):
@@ -117,6 +138,7 @@ def common_from_flags(FLAGS, experiment):
     from keras_sharpness.training import canonical_source, make_deterministic
 
     run_settings = settings_from_flags(FLAGS)
+    check_remedies_apply(run_settings, experiment)
     network, wanted = run_settings.training.network, run_settings.data
     try:
         eps = tuple(float(e) for e in FLAGS.eps)
