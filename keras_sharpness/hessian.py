@@ -389,7 +389,7 @@ class SpectralDensityResult:
                 float(np.mean([max(x) for x in self.nodes])))
 
 
-def lanczos(matvec, start, steps):
+def lanczos(matvec, start, steps, *, basis_dtype=np.float64):
     """``steps`` Lanczos steps with full reorthogonalization, in float64.
 
     Each step subtracts the three-term recurrence and then projects the
@@ -405,6 +405,9 @@ def lanczos(matvec, start, steps):
             (it is updated in place).
         start: the start vector (normalized here).
         steps: the most steps (one product each).
+        basis_dtype: precision of the kept basis and of the
+            reorthogonalization (float32 halves its memory and traffic; the
+            three-term recurrence is float64 either way).
 
     Returns:
         ``(alpha, beta)``: the diagonal (length k <= steps) and off-diagonal
@@ -412,34 +415,37 @@ def lanczos(matvec, start, steps):
         on breakdown (`BREAKDOWN_RTOL`).
     """
     steps = int(steps)
-    basis = np.empty((steps, len(start)))
+    basis = np.empty((steps, len(start)), dtype=basis_dtype)
     # Vectors are written into the basis in place: on a large network every
     # pass over an n-vector costs about as much as a Lanczos step's arithmetic.
-    np.divide(start, np.linalg.norm(start), out=basis[0])
+    q = np.asarray(start, dtype=np.float64) / np.linalg.norm(start)
+    previous = None
+    basis[0] = q
     alpha, beta = [], []
     scale = 0.0
     for j in range(steps):
-        q = basis[j]
         r = np.asarray(matvec(q), dtype=np.float64)  # a new array: updated in place
         alpha.append(float(q @ r))
         r -= alpha[-1] * q
         if beta:
-            r -= beta[-1] * basis[j - 1]
+            r -= beta[-1] * previous
         scale = max(scale, abs(alpha[-1]), beta[-1] if beta else 0.0)
         if j == steps - 1:
             break
         for _ in range(2):
             before = np.linalg.norm(r)
             # (c @ V, not V.T @ c: NumPy's transposed product is several
-            # times slower for a few rows.)
-            r -= (basis[:j + 1] @ r) @ basis[:j + 1]
+            # times slower for a few rows.) The projection runs in the
+            # basis' precision; the recurrence above stays in float64.
+            r -= (basis[:j + 1] @ r.astype(basis.dtype, copy=False)) @ basis[:j + 1]
             norm = float(np.linalg.norm(r))
             if norm > REORTHOGONALIZE_AGAIN * before:
                 break
         if norm <= BREAKDOWN_RTOL * scale or norm == 0.0:
             break
         beta.append(norm)
-        np.divide(r, norm, out=basis[j + 1])
+        previous, q = q, r / norm
+        basis[j + 1] = q
     return np.asarray(alpha), np.asarray(beta)
 
 
