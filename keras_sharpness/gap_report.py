@@ -60,13 +60,15 @@ def _column(record):
     kind = record.get("measure", "sharpness")
     if kind == "accuracy":
         return None
+    # Measures on different subsets of the training set are different columns.
+    samples = f"samples={record.get('num_samples') or 'all'}"
     if kind == "sharpness":
         p = record["subspace_dim"]
         space = "full" if p == 0 else f"p={p}"
         return ("sharpness", f"{space} eps={record['eps']:g} maxiter={record['maxiter']}"
-                             f" start={record['start']}")
+                             f" start={record['start']} {samples}")
     params = record.get("params") or {}
-    return (kind, " ".join(f"{k}={v}" for k, v in sorted(params.items())))
+    return (kind, " ".join([*(f"{k}={v}" for k, v in sorted(params.items())), samples]))
 
 
 def _value(record):

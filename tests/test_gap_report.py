@@ -58,7 +58,7 @@ def test_rows_gaps_and_columns(stores):
     rows, columns = gap_report.collect(gap_report.find_stores([stores]))
     assert len(rows) == 6
     assert [c["name"] for c in columns] == [
-        "sharpness (full eps=0.001 maxiter=10 start=zero)", "hessian_trace", "noise_scale"]
+        "sharpness (full eps=0.001 maxiter=10 start=zero samples=all)", "hessian_trace", "noise_scale"]
     assert [r["gap_loss"] for r in rows] == pytest.approx(GAPS)
     assert [r["gap_acc"] for r in rows] == pytest.approx([100 * (0.1 + 0.01 * i)
                                                           for i in range(6)])
@@ -68,7 +68,7 @@ def test_rows_gaps_and_columns(stores):
 def test_kendall_tau_and_its_interval(stores):
     report = gap_report.build_report([stores], bootstrap=500)
     tau = {(c["column"], c["gap"]): c for c in report["correlations"]}
-    rising = tau[("sharpness (full eps=0.001 maxiter=10 start=zero)", "gap_loss")]
+    rising = tau[("sharpness (full eps=0.001 maxiter=10 start=zero samples=all)", "gap_loss")]
     assert rising["tau"] == pytest.approx(1.0)
     assert rising["ci_low"] == pytest.approx(1.0) and rising["ci_high"] == pytest.approx(1.0)
     assert tau[("hessian_trace", "gap_loss")]["tau"] == pytest.approx(-1.0)
@@ -117,3 +117,12 @@ def test_command_writes_the_report(stores, tmp_path):
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'nowhere'} does not exist"
     assert np.isfinite(report["correlations"][0]["tau"])
+
+
+def test_measures_on_other_subsets_are_other_columns(tmp_path):
+    subset = {**phi("SB", 2.0), "num_samples": 2000}
+    io.write_json(tmp_path / "sharpness.json",
+                  [accuracy("SB", 0.01, 0.2, 1.0, 0.9), phi("SB", 1.0), subset])
+    rows, columns = gap_report.collect([tmp_path / "sharpness.json"])
+    assert [c["details"].split()[-1] for c in columns] == ["samples=2000", "samples=all"]
+    assert sorted(rows[0]["values"].values()) == [1.0, 2.0]
