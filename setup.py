@@ -23,6 +23,7 @@ CONSOLE_SCRIPTS = [
     "ks-plot = keras_sharpness.commands:plot",  # plot_parametric_plot.py
     "ks-sharpness = keras_sharpness.commands:sharpness",  # compute_sharpness.py
     "ks-trials = keras_sharpness.commands:trials",
+    "ks-remedy-grid = keras_sharpness.commands:remedy_grid",
     "ks-batch-sweep = keras_sharpness.commands:batch_sweep",
     "ks-warm-start = keras_sharpness.commands:warm_start",
     "ks-trajectory = keras_sharpness.commands:trajectory",

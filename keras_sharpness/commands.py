@@ -9,6 +9,7 @@ console script    same as
 ``ks-plot``       ``python plot_parametric_plot.py``
 ``ks-sharpness``  ``python compute_sharpness.py``
 ``ks-trials``     ``python -m keras_sharpness.experiments.trials``
+``ks-remedy-grid``  ``python -m keras_sharpness.experiments.remedy_grid``
 ``ks-batch-sweep``  ``python -m keras_sharpness.experiments.batch_sweep``
 ``ks-warm-start``   ``python -m keras_sharpness.experiments.warm_start``
 ``ks-trajectory``   ``python -m keras_sharpness.experiments.trajectory``
@@ -493,6 +494,12 @@ def _run_module(name):
 def trials():
     """``ks-trials``: Tables 2-4 (`keras_sharpness.experiments.trials`)."""
     _run_module("keras_sharpness.experiments.trials")
+
+
+def remedy_grid():
+    """``ks-remedy-grid``: SB, LB and LB with each remedy
+    (`keras_sharpness.experiments.remedy_grid`)."""
+    _run_module("keras_sharpness.experiments.remedy_grid")
 
 
 def batch_sweep():

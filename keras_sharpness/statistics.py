@@ -97,20 +97,40 @@ def _std(values):
     return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
-def format_comparison(comparison, digits=3):
-    """One Markdown-friendly line: LB > SB count, p-values, ratio and interval."""
+def format_comparison(comparison, digits=3, *, labels=("SB", "LB")):
+    """One Markdown-friendly line: LB > SB count, p-values, ratio and interval.
+
+    `labels` name the two sides (``paired_comparison``'s ``sb`` and ``lb``).
+    """
+    first, second = labels
     n = comparison["n"]
-    parts = [f"LB > SB in {comparison['lb_greater']}/{n}"]
+    parts = [f"{second} > {first} in {comparison['lb_greater']}/{n}"]
     for key, name in (("wilcoxon", "Wilcoxon"), ("paired_t", "paired t")):
         test = comparison[key]
         p = None if test is None else test["p_value"]
         parts.append(f"{name} p = {'–' if p is None else f'{p:.{digits}g}'}")
     ratio, interval = comparison["ratio"], comparison["ratio_interval"]
     if ratio is not None:
-        text = f"LB/SB = {ratio:.{digits}g}"
+        text = f"{second}/{first} = {ratio:.{digits}g}"
         if interval is not None:
             level = int(round(100 * comparison["confidence"]))
             text += (f" [{interval[0]:.{digits}g}, {interval[1]:.{digits}g}] ({level} % "
                      f"bootstrap interval)")
         parts.append(text)
     return "; ".join(parts)
+
+
+def mean_interval(values, confidence=CONFIDENCE):
+    """Student-t confidence interval of the mean of `values` (None-free, finite).
+
+    Returns:
+        ``[low, high]``; None for fewer than two values.
+    """
+    import scipy.stats
+
+    values = np.asarray([float(v) for v in values if v is not None and math.isfinite(v)])
+    if len(values) < 2:
+        return None
+    half = (scipy.stats.t.ppf(0.5 + confidence / 2, len(values) - 1)
+            * np.std(values, ddof=1) / math.sqrt(len(values)))
+    return [float(np.mean(values) - half), float(np.mean(values) + half)]

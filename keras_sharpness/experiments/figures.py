@@ -57,3 +57,33 @@ def plot_trajectory(curves, out_stem, *, title, phi_label):
     ax.legend()
     ax.set_title(title)
     return save_figure(fig, out_stem)
+
+
+def plot_remedy_grid(labels, panels, out_stem, *, title):
+    """The remedy grid: one bar per run in each panel, with interval whiskers.
+
+    Args:
+        labels: the runs (``SB``, ``LB``, ``LB+<arm>``...).
+        panels: ``(y label, means, intervals)`` per panel; an interval is
+            ``[low, high]`` or None (no whisker).
+    """
+    import numpy as np
+
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(1.2 + 0.9 * len(labels) * len(panels),
+                                                      4.4), squeeze=False)
+    x = np.arange(len(labels))
+    colors = ["tab:blue", "tab:red"] + ["tab:green"] * (len(labels) - 2)
+    for ax, (ylabel, means, intervals) in zip(axes[0], panels):
+        means = [np.nan if m is None else float(m) for m in means]
+        errors = np.array([[m - i[0], i[1] - m] if i is not None else [0.0, 0.0]
+                           for m, i in zip(means, intervals)]).T
+        ax.bar(x, means, yerr=errors, color=colors, capsize=3)
+        finite = [m for m in means if np.isfinite(m)]
+        if ylabel.startswith("test accuracy") and finite:
+            low = min(finite + [i[0] for i in intervals if i is not None])
+            ax.set_ylim(max(0.0, low - 2.0), None)  # differences of a few points show
+        ax.set_xticks(x, labels, rotation=45, ha="right", fontsize=8)
+        ax.set_ylabel(ylabel)
+    fig.suptitle(title, fontsize=9)
+    return save_figure(fig, out_stem)

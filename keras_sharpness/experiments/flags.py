@@ -65,7 +65,7 @@ def define_common_flags(flag_values=None):
 
 #: The experiments that train through `keras_sharpness.training.train_sb_lb`,
 #: hence take the remedy flags; the others refuse them.
-REMEDY_EXPERIMENTS = ("trials",)
+REMEDY_EXPERIMENTS = ("trials", "remedy_grid")
 
 
 def check_remedies_apply(run_settings, experiment):
@@ -181,7 +181,7 @@ def resolved_batch_sizes(common):
             resolve_batch_size(kw["lb_batch_size"], n, name="LB batch size"))
 
 
-def start(main, define_flags=None, *, one_sharpness=True):
+def start(main, define_flags=None, *, one_sharpness=True, check_flags=None):
     """The `__main__` of an experiment: quiet TF, flags, one-line errors.
 
     Args:
@@ -189,6 +189,8 @@ def start(main, define_flags=None, *, one_sharpness=True):
         define_flags: defines the command's own flags (called with `absl.flags`).
         one_sharpness: figures plot one sharpness per point, so default to
             ``--eps=1e-3 --subspace_dims=0`` (full space).
+        check_flags: ``check_flags(FLAGS, run_settings)`` checks the command's
+            own flags before TensorFlow is imported (raises `UserError`).
     """
     import sys
 
@@ -202,9 +204,15 @@ def start(main, define_flags=None, *, one_sharpness=True):
     if one_sharpness:
         flags.FLAGS.set_default("subspace_dims", ["0"])
         flags.FLAGS.set_default("eps", ["1e-3"])
+    def checked(FLAGS):
+        settings = settings_from_flags(FLAGS)
+        if check_flags is not None:
+            check_flags(FLAGS, settings)
+        return settings
+
     # The data and training flags are checked before TensorFlow is imported;
     # `main` builds its settings in `common_from_flags`.
-    run(lambda settings: main(sys.argv[:1]), settings_from_flags)
+    run(lambda settings: main(sys.argv[:1]), checked)
 
 
 def run_arguments(common, FLAGS):
