@@ -249,7 +249,10 @@ def plot_report(report, out_stem):
             ax.scatter(value, gap, s=18, color="tab:red" if model.upper().startswith("LB")
                        else "tab:blue")
         if pairs and min(p[0] for p in pairs) > 0:
+            from matplotlib.ticker import NullFormatter
+
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # labels on decades only
         tau = taus.get(column["name"], {}).get("tau")
         ax.set_title(f"{column['name'][:40]}\ntau={_number(tau)}", fontsize=8)
         ax.set_ylabel("test - train loss", fontsize=8)
