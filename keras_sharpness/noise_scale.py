@@ -147,63 +147,62 @@ def noise_scale_from_group_means(group_means, num_samples):
     return b_simple, trace_sigma, gradient_norm_sq, mean_square
 
 
-def _two_batch_interval(group_means, num_samples, resamples, confidence, seed):
-    """Percentile bootstrap interval of the two-batch B_simple over the groups."""
+def _group_bootstrap(groups, b_simple_of_counts, resamples, confidence, seed):
+    """Percentile bootstrap interval over `groups` resampled with replacement.
+
+    Args:
+        groups: K, the number of groups.
+        b_simple_of_counts: ``(..., K)`` times each group is drawn -> ``(...,)``
+            B_simple values (vectorized: every resample is a count vector).
+    """
     import scipy.stats
 
+    def statistic(index, axis=-1):
+        # index: (..., K) resampled group indices -> counts per group.
+        index = np.moveaxis(np.asarray(index), axis, -1)
+        flat = index.reshape(-1, groups)
+        shifted = flat + groups * np.arange(len(flat))[:, None]
+        c = np.bincount(shifted.ravel(), minlength=flat.size).astype(np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return b_simple_of_counts(c.reshape(index.shape[:-1] + (groups,)))
+
+    result = scipy.stats.bootstrap(
+        (np.arange(groups),), statistic, n_resamples=resamples, vectorized=True,
+        confidence_level=confidence, method="percentile",
+        rng=np.random.default_rng(seed))
+    low, high = result.confidence_interval
+    return float(low), float(high)
+
+
+def _two_batch_interval(group_means, num_samples, resamples, confidence, seed):
+    """Percentile bootstrap interval of the two-batch B_simple over the groups."""
     means = np.asarray(group_means, dtype=np.float64)
-    gram = means @ means.T
+    gram = means @ means.T  # resample norms from K x K numbers, not K x n
     groups = len(means)
     size = num_samples / groups
     factor = size * (num_samples - 1) / (num_samples - size)
 
-    def statistic(index, axis=-1):
-        index = np.moveaxis(np.asarray(index), axis, -1)
-        flat = index.reshape(-1, groups)
-        shifted = flat + groups * np.arange(len(flat))[:, None]
-        c = np.bincount(shifted.ravel(), minlength=flat.size).astype(np.float64)
-        c = c.reshape(index.shape[:-1] + (groups,)) / groups
+    def b_simple(c):
+        c = c / groups
         norm_sq = np.einsum("...k,kl,...l->...", c, gram, c)
-        mean_square = c @ np.diag(gram)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return (mean_square - norm_sq) * factor / norm_sq
+        return (c @ np.diag(gram) - norm_sq) * factor / norm_sq
 
-    result = scipy.stats.bootstrap(
-        (np.arange(groups),), statistic, n_resamples=resamples, vectorized=True,
-        confidence_level=confidence, method="percentile",
-        rng=np.random.default_rng(seed))
-    low, high = result.confidence_interval
-    return float(low), float(high)
+    return _group_bootstrap(groups, b_simple, resamples, confidence, seed)
 
 
 def _bootstrap_interval(moments, resamples, confidence, seed):
     """Percentile bootstrap interval of B_simple over the groups of `moments`."""
-    import scipy.stats
-
     sums = np.asarray(moments.gradient_sums, dtype=np.float64)
     gram = sums @ sums.T  # resample norms from K x K numbers, not K x n
     squares = np.asarray(moments.square_norm_sums, dtype=np.float64)
     counts = np.asarray(moments.counts, dtype=np.float64)
-    groups = len(counts)
 
-    def statistic(index, axis=-1):
-        # index: (..., K) resampled group indices -> (...,) B_simple values.
-        index = np.moveaxis(np.asarray(index), axis, -1)
-        flat = index.reshape(-1, groups)
-        shifted = flat + groups * np.arange(len(flat))[:, None]
-        c = np.bincount(shifted.ravel(), minlength=flat.size).astype(np.float64)
-        c = c.reshape(index.shape[:-1] + (groups,))
+    def b_simple(c):
         total = c @ counts
         norm_sq = np.einsum("...k,kl,...l->...", c, gram, c) / total ** 2
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return (c @ squares / total - norm_sq) / norm_sq
+        return (c @ squares / total - norm_sq) / norm_sq
 
-    result = scipy.stats.bootstrap(
-        (np.arange(groups),), statistic, n_resamples=resamples, vectorized=True,
-        confidence_level=confidence, method="percentile",
-        rng=np.random.default_rng(seed))
-    low, high = result.confidence_interval
-    return float(low), float(high)
+    return _group_bootstrap(len(counts), b_simple, resamples, confidence, seed)
 
 
 METHODS = ("auto", "per_example", "two_batch")
