@@ -33,6 +33,7 @@ Layout of a run directory (a command writes the files it needs)::
     .lock, .sharpness.json.lock   the locks (empty while nobody holds them)
 """
 
+import atexit
 import contextlib
 import fcntl
 import json
@@ -98,6 +99,15 @@ def lock_name(filename):
 _OPEN = {}
 #: `RunDir.hold` stacks, kept until the process exits.
 _HELD = []
+
+
+@atexit.register
+def _release_held():
+    """Releases what `hold` holds while the interpreter still works: left to
+    garbage collection at shutdown, the lock's ``finally`` would find this
+    module's globals gone and print a traceback after the command's output."""
+    while _HELD:
+        _HELD.pop().close()
 
 
 class RunDir:

@@ -140,3 +140,23 @@ def test_record_store_keeps_one_record_per_key_written_at_once(tmp_path):
     store.path.write_text("{}")
     with pytest.raises(UserError, match="not a list of measurement records"):
         store.read()
+
+
+def test_a_held_directory_is_released_at_exit_without_a_traceback(tmp_path):
+    """Left to garbage collection at interpreter shutdown, the lock's cleanup ran
+    after the module's globals were gone and printed a traceback after a
+    finished experiment's output (seen on ks-remedy-grid)."""
+    import subprocess
+    import sys
+
+    script = (
+        "from keras_sharpness import cli; cli.quiet_tensorflow()\n"
+        "import keras_sharpness.experiments.trials\n"
+        "from keras_sharpness.runs import RunDir\n"
+        f"RunDir({str(tmp_path)!r}).hold()\n"
+        f"RunDir({str(tmp_path / 'trial0')!r}).hold()\n"
+        "print('held')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and done.stdout == "held\n"
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr
