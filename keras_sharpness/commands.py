@@ -167,6 +167,14 @@ def define_remedy_flags(flag_values=None):
     flags.DEFINE_bool("sam_adaptive", False, "ASAM (Kwon et al. 2021) instead of SAM "
                       "(rho ~0.5 to 2).", flag_values=fv)
     flags.DEFINE_float("sam_eta", 0.01, "ASAM's eta in T = |w| + eta.", flag_values=fv)
+    flags.DEFINE_list("batch_increase_epochs", [], "Smith et al. 2018: epochs (from 0, "
+                      "comma-separated) at which the batch grows by --batch_increase_factor "
+                      "instead of decaying the learning rate (empty: off).", flag_values=fv)
+    flags.DEFINE_float("batch_increase_factor", 2.0, "Growth of the batch at each of "
+                       "--batch_increase_epochs (> 1).", flag_values=fv)
+    flags.DEFINE_integer("batch_increase_max", 0, "Largest batch of --batch_increase_epochs "
+                         "(0: no cap); beyond it the learning rate falls instead.",
+                         flag_values=fv)
     flags.DEFINE_enum("remedies_apply_to", "lb", list(APPLY_TO), "Which runs get the "
                       "remedy flags above.", flag_values=fv)
 
@@ -231,6 +239,9 @@ def define_sharpness_flags(flag_values=None):
                          "trace (0: skip; ~100 for a few % error).", flag_values=fv)
     flags.DEFINE_bool("overwrite", False, "Recompute records already in the report.",
                       flag_values=fv)
+    flags.DEFINE_enum("strategy", "default", ["default", "mirrored"], "default: one device; "
+                      "mirrored: f's batches spread over every GPU of this machine "
+                      "(MirroredStrategy; the numbers do not change).", flag_values=fv)
     define_measure_flags(fv)
 
 
@@ -322,7 +333,7 @@ def sharpness_settings(FLAGS):
                                           output=FLAGS.output)
     return {"models": located["models"], "data": located["data"],
             "network": located["network"], "output": located["output"], "eps": eps,
-            "overwrite": FLAGS.overwrite, **measure}
+            "overwrite": FLAGS.overwrite, "strategy": FLAGS.strategy, **measure}
 
 
 def _sharpness(settings):

@@ -590,13 +590,14 @@ def make_record(result, settings, *, model, checkpoint_sha256=None, per_start=()
     }
 
 
-def training_loss(model, x, y, settings, num_samples=None):
-    """The `TrainingLoss` that `settings` define, on ``(x, y)``."""
+def training_loss(model, x, y, settings, num_samples=None, strategy=None):
+    """The `TrainingLoss` that `settings` define, on ``(x, y)`` (its batches spread
+    over the replicas of `strategy`, if one is given: the values do not change)."""
     from keras_sharpness.objective import TrainingLoss
 
     bn_eval = None if settings.bn_eval == "model" else settings.bn_eval
     return TrainingLoss(model, x, y, bn_eval=bn_eval, batch_size=int(settings.eval_batch_size),
-                        num_samples=num_samples, seed=settings.seed)
+                        num_samples=num_samples, seed=settings.seed, strategy=strategy)
 
 
 def accuracy_and_loss(model, data, settings):
@@ -695,7 +696,7 @@ def measure_model(subject, data, settings, store, **sweep_options):
 
 
 def sweep(models, data, settings, store, *, network=None, dataset=None, overwrite=False,
-          echo=print):
+          echo=print, strategy=None):
     """Every measure of `settings` of every model: computed or reused.
 
     The one place models are measured. For every model: Metric 2.1 at every
@@ -720,6 +721,8 @@ def sweep(models, data, settings, store, *, network=None, dataset=None, overwrit
         dataset: data source for the records.
         overwrite: recompute records the store already holds.
         echo: called with one line per iteration and per record (None: silent).
+        strategy: a `tf.distribute.MirroredStrategy` whose replicas share f's
+            batches (`keras_sharpness.objective.TrainingLoss`); None: one device.
 
     Returns:
         The records of this sweep, in order: per model, its Metric 2.1
@@ -755,7 +758,7 @@ def sweep(models, data, settings, store, *, network=None, dataset=None, overwrit
                 if objective is None:
                     train = training_data()
                     objective = training_loss(model, train.x_train, train.y_train, settings,
-                                              settings.num_samples)
+                                              settings.num_samples, strategy=strategy)
                 return objective
 
             context = dict(network=network or model.name, dataset=dataset,

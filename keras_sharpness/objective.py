@@ -31,6 +31,7 @@ copy of the model, fixed batches and precision.
 
 import copy
 import dataclasses
+import functools
 import threading
 
 import keras
@@ -224,14 +225,21 @@ class TrainingLoss:
         num_samples: evaluate on a seeded random subset of this many samples
             (kept in data order) instead of all of them; None for all.
         seed: seed of that subset.
+        strategy: a `tf.distribute.MirroredStrategy` (or None): f, its
+            gradient and Hessian-vector products then take R fixed batches at
+            a time, one per replica (R = ``num_replicas_in_sync``, e.g. the
+            GPUs of a machine), and sum the per-batch results in batch order
+            in float64, exactly as on one device. The value of f does not
+            depend on it. Multi-worker strategies are refused.
 
     Raises:
         UserError: empty data, labels out of range, a bad ``bn_eval``,
-            ``batch_size`` or ``num_samples``, or inputs the model cannot take.
+            ``batch_size`` or ``num_samples``, inputs the model cannot take,
+            or a multi-worker strategy.
     """
 
     def __init__(self, model, x, y, *, bn_eval=None, batch_size=1000,
-                 num_samples=None, seed=0):
+                 num_samples=None, seed=0, strategy=None):
 
         from keras_sharpness.data import labels_as_indices
 
@@ -258,6 +266,11 @@ class TrainingLoss:
         self.batch_size = int(batch_size)
         self.num_samples = len(x)
         self.seed = seed
+        if strategy is not None and isinstance(
+                strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            raise UserError("measuring across workers is not supported yet; measure on one "
+                            "machine (--strategy=mirrored uses all its devices)")
+        self._strategy = strategy
         _check_compatible(model, x, y)
 
         self._model, self.softmax_removed = evaluation_model(model, self.bn_eval)
@@ -345,8 +358,7 @@ class TrainingLoss:
         """(f(w), accuracy): mean cross-entropy and fraction classified right."""
         trainable, fixed = self._tensors(w, non_trainable)
         loss, correct = 0.0, 0.0
-        for xb, yb in self._batches:
-            batch_loss, batch_correct = self._loss_fn(trainable, fixed, xb, yb)
+        for batch_loss, batch_correct in self._per_batch(self._loss_fn, trainable, fixed):
             loss += float(batch_loss)
             correct += float(batch_correct)
         return loss / self.num_samples, correct / self.num_samples
@@ -356,8 +368,7 @@ class TrainingLoss:
         trainable, fixed = self._tensors(w, non_trainable)
         loss = 0.0
         gradient = np.zeros(self.num_params)
-        for xb, yb in self._batches:
-            batch_loss, batch_gradient = self._gradient_fn(trainable, fixed, xb, yb)
+        for batch_loss, batch_gradient in self._per_batch(self._gradient_fn, trainable, fixed):
             loss += float(batch_loss)
             gradient += batch_gradient.numpy()
         return loss / self.num_samples, gradient / self.num_samples
@@ -376,9 +387,38 @@ class TrainingLoss:
         tangents = [tf.constant(part, dtype=tf.float32)
                     for part in self.unflatten(self._check_vector(v, "v"))]
         product = np.zeros(self.num_params)
-        for xb, yb in self._batches:
-            product += self._hvp_fn(trainable, tangents, fixed, xb, yb).numpy()
+        for batch_product in self._per_batch(self._hvp_fn, trainable, tangents, fixed):
+            product += batch_product.numpy()
         return product / self.num_samples
+
+    def _per_batch(self, function, *args):
+        """``function(*args, xb, yb)`` of every fixed batch, in batch order.
+
+        Under a strategy with R replicas, R consecutive batches run at once,
+        one per replica (`strategy.run`); their results come back one by one,
+        in batch order, so that callers sum them as on one device. Batches
+        left over (fewer than R) run on the default device.
+        """
+        strategy, batches = self._strategy, self._batches
+        replicas = 1 if strategy is None else strategy.num_replicas_in_sync
+        whole = len(batches) - len(batches) % replicas if replicas > 1 else 0
+        for start in range(0, whole, replicas):
+            group = batches[start:start + replicas]
+
+            def per_replica(context, group=group, part=0):
+                return group[context.replica_id_in_sync_group][part]
+
+            xb = strategy.experimental_distribute_values_from_function(per_replica)
+            yb = strategy.experimental_distribute_values_from_function(
+                functools.partial(per_replica, part=1))
+            # A plain Python callable: strategy.run hands a tf.function the
+            # distributed values themselves, which its signature refuses.
+            results = strategy.run(lambda *values: function(*values), args=(*args, xb, yb))
+            for one in zip(*(strategy.experimental_local_results(r)
+                             for r in tf.nest.flatten(results))):
+                yield tf.nest.pack_sequence_as(results, list(one))
+        for xb, yb in batches[whole:]:
+            yield function(*args, xb, yb)
 
     # ----------------------------------------------------- per-example gradients
     def per_example_gradients(self, w, non_trainable=None, *, chunk=None):

@@ -117,7 +117,7 @@ def measure_settings(*, eps, subspace_dim, maxiter, start, bn_eval, batch_size, 
 def compute(*, models, data, network, output, eps, subspace_dim=0, maxiter=10, seed=0,
             start="zero", bn_eval="batch", batch_size=1000, num_samples=None,
             hessian_topk=0, hessian_trace_probes=0, overwrite=False, echo=print,
-            subspace_scale="gaussian", **options):
+            subspace_scale="gaussian", strategy="default", **options):
     """Sharpness and the other measures asked for, of each model.
 
     Args:
@@ -140,6 +140,8 @@ def compute(*, models, data, network, output, eps, subspace_dim=0, maxiter=10, s
         hessian_trace_probes: Hutchinson probes for tr(H) (0: skip).
         overwrite: recompute records that the report already holds.
         echo: where progress and the table go (one line per call).
+        strategy: ``"default"`` (one device) or ``"mirrored"`` (f's batches
+            spread over every GPU of the machine; the numbers do not change).
         **options: further `MeasureSettings` fields: ``measures`` (names
             of `keras_sharpness.measure.MEASURES`, or ``"all"``) and their
             settings.
@@ -160,8 +162,11 @@ def compute(*, models, data, network, output, eps, subspace_dim=0, maxiter=10, s
     io.ensure_writable_dir(output.parent, "output directory")
     # Checkpoints are loaded (a bad one refused) before the possibly slow data
     # load, which happens only if some record must be computed.
+    from keras_sharpness.training import make_strategy
+
     done = sweep(models, lambda: load_arrays(**data), settings, output, network=network,
-                 dataset=data["source"], overwrite=overwrite, echo=echo)
+                 dataset=data["source"], overwrite=overwrite, echo=echo,
+                 strategy=None if strategy == "default" else make_strategy(strategy))
     for line in format_table(done):
         echo(line)
     echo(f"wrote {output}")

@@ -126,3 +126,22 @@ def test_bad_inputs_raise_user_error():
         TrainingLoss(model, x, y, num_samples=11)
     with pytest.raises(UserError, match="BatchNorm"):
         TrainingLoss(model, x, y, bn_eval="other")
+
+
+def test_values_under_a_mirrored_strategy_equal_one_device():
+    """Two logical CPU devices (a fresh process: devices are configured before
+    TensorFlow starts), one fixed batch per replica: same f, gradient, HVP and phi."""
+    import json
+    import pathlib
+    import subprocess
+    import sys
+
+    here = pathlib.Path(__file__).resolve().parent
+    done = subprocess.run([sys.executable, str(here / "distributed_objective.py"), str(here)],
+                          capture_output=True, text=True, timeout=240,
+                          env={**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result.pop("replicas") == 2
+    for name, relative in result.items():
+        assert relative <= 1e-6, (name, relative)
