@@ -42,7 +42,7 @@ checked against live here: `NETWORKS`, `DEFAULT_DATASET` and `check_network`
 import dataclasses
 import math
 import os
-from typing import Optional, Union
+from typing import Optional, Tuple, Union
 
 from keras_sharpness import remedies as remedies_lib
 from keras_sharpness import schedules
@@ -106,6 +106,24 @@ def _whole(value, name, *, at_least=None, optional=False):
     if at_least is not None and number < at_least:
         raise UserError(f"--{name} must be at least {at_least}, got {int(number)}")
     return int(number)
+
+
+def _epochs(value, name):
+    """A list of epochs as a tuple of ints: a sequence, or a comma-separated string."""
+    if isinstance(value, str):
+        value = [part for part in value.replace(" ", "").split(",") if part]
+    if isinstance(value, bytes) or not hasattr(value, "__iter__"):
+        raise UserError(f"--{name} must be a comma-separated list of epochs, got {value!r}")
+    epochs = []
+    for item in value:
+        if isinstance(item, str):
+            try:
+                item = float(item)
+            except ValueError:
+                raise UserError(f"--{name} must be a comma-separated list of epochs, got "
+                                f"{item!r}") from None
+        epochs.append(_whole(item, name))
+    return tuple(epochs)
 
 
 def _non_negative(value, name):
@@ -204,6 +222,8 @@ def _is_settings(kind):
 
 
 def _to_json(value):
+    if isinstance(value, tuple):  # as JSON reads it back
+        return list(value)
     return value.to_dict() if isinstance(value, _Settings) else value
 
 
@@ -267,7 +287,8 @@ class TrainingSettings(_Settings):
             (`keras_sharpness.remedies.Remedies`).
         optimizer, learning_rate, momentum, lr_scaling, lr_reference_batch,
             warmup_epochs, lr_decay, train_longer, ghost_batch_size, sam_rho,
-            sam_adaptive, sam_eta: the remedies found since
+            sam_adaptive, sam_eta, batch_increase_epochs, batch_increase_factor,
+            batch_increase_max: the remedies found since
             (`keras_sharpness.remedies.Remedies`, docs/remedies.md).
         remedies_apply_to: which runs get them: ``lb``, ``sb`` or ``both``.
     """
@@ -303,6 +324,9 @@ class TrainingSettings(_Settings):
     sam_rho: float = 0.0
     sam_adaptive: bool = False
     sam_eta: float = 0.01
+    batch_increase_epochs: Tuple[int, ...] = ()
+    batch_increase_factor: float = 2.0
+    batch_increase_max: int = 0
     remedies_apply_to: str = "lb"
 
     def _check(self):
@@ -341,6 +365,12 @@ class TrainingSettings(_Settings):
             "sam_rho": _non_negative(self.sam_rho, "sam_rho"),
             "sam_adaptive": bool(self.sam_adaptive),
             "sam_eta": _non_negative(self.sam_eta, "sam_eta"),
+            "batch_increase_epochs": _epochs(self.batch_increase_epochs,
+                                             "batch_increase_epochs"),
+            "batch_increase_factor": _number(self.batch_increase_factor,
+                                             "batch_increase_factor"),
+            "batch_increase_max": _whole(self.batch_increase_max, "batch_increase_max",
+                                         at_least=0),
             "remedies_apply_to": _choice(self.remedies_apply_to, "remedies_apply_to",
                                          remedies_lib.APPLY_TO),
         }

@@ -52,9 +52,16 @@ record, all off by default (the defaults are the paper's training):
   (`keras_sharpness.layers.with_ghost_batch_norm`).
 * **SAM / ASAM** (Foret et al. 2021; Kwon et al. 2021): ``sam_rho``,
   ``sam_adaptive``, ``sam_eta`` (`keras_sharpness.sam.SAM`, `sam_model`).
+* **Increase the batch instead of decaying the rate** (Smith et al. 2018):
+  ``batch_increase_epochs`` (the epochs, from 0, at which the batch grows),
+  ``batch_increase_factor`` and ``batch_increase_max`` (0: no cap; where it
+  binds the learning rate falls instead), as a
+  `keras_sharpness.schedules.BatchSchedule` of the run's batch
+  (`Remedies.batch_schedule`).
 """
 
 import dataclasses
+from typing import Tuple
 
 import numpy as np
 
@@ -97,6 +104,13 @@ class Remedies:
             updates (with ``until_converged``: its ``max_epochs`` scaled so).
         ghost_batch_size: Ghost BatchNorm's ghost batch, in samples (0: off).
         sam_rho, sam_adaptive, sam_eta: SAM / ASAM (`keras_sharpness.sam.SAM`).
+        batch_increase_epochs: epochs (from 0; >= 1, strictly increasing) at
+            which the batch is multiplied by `batch_increase_factor` (Smith
+            et al. 2018); empty: a constant batch.
+        batch_increase_factor: the growth at each of those epochs (> 1).
+        batch_increase_max: the largest batch, in samples (0: no cap); where
+            it binds, the learning rate is lowered by what the batch could not
+            take (`keras_sharpness.schedules.BatchSchedule.learning_rate_factor`).
     """
 
     augment: bool = False
@@ -116,6 +130,9 @@ class Remedies:
     sam_rho: float = 0.0
     sam_adaptive: bool = False
     sam_eta: float = 0.01
+    batch_increase_epochs: Tuple[int, ...] = ()
+    batch_increase_factor: float = 2.0
+    batch_increase_max: int = 0
 
     @property
     def conservative(self):
@@ -135,6 +152,21 @@ class Remedies:
         return int(self.ghost_batch_size) > 0
 
     @property
+    def batch_increase(self):
+        """Whether the batch grows during the run (Smith et al. 2018)."""
+        return len(self.batch_increase_epochs) > 0
+
+    def batch_schedule(self, initial_batch):
+        """The run's batch per epoch: a `keras_sharpness.schedules.BatchSchedule`
+        from `initial_batch`, or `initial_batch` itself without a batch increase."""
+        if not self.batch_increase:
+            return int(initial_batch)
+        return schedules.BatchSchedule(
+            int(initial_batch), float(self.batch_increase_factor),
+            tuple(int(e) for e in self.batch_increase_epochs),
+            int(self.batch_increase_max) or None)
+
+    @property
     def scheduled(self):
         """Whether the learning rate varies during the run (warm-up or decay)."""
         return self.warmup_epochs > 0 or self.lr_decay != "none"
@@ -150,7 +182,7 @@ class Remedies:
         """Whether any remedy is on."""
         return (self.augment or self.conservative or self.adversarial
                 or not self.default_optimizer or self.train_longer or self.ghost
-                or self.sam.on)
+                or self.sam.on or self.batch_increase)
 
     @property
     def needs_train_step(self):
@@ -216,6 +248,31 @@ class Remedies:
         if self.sam.on and self.needs_train_step:
             raise UserError("--sam_rho cannot be combined with conservative or adversarial "
                             "training (each has its own train step)")
+        self._check_batch_increase()
+
+    def _check_batch_increase(self):
+        epochs = self.batch_increase_epochs
+        if isinstance(epochs, (str, bytes)) or not hasattr(epochs, "__iter__"):
+            raise UserError(f"--batch_increase_epochs must be a list of epochs, got {epochs!r}")
+        epochs = list(epochs)
+        if any(isinstance(e, bool) or not isinstance(e, (int, np.integer)) or e < 1
+               for e in epochs):
+            raise UserError(f"--batch_increase_epochs must be whole epochs >= 1 (epoch 0 is the "
+                            f"first), got {epochs}")
+        if any(a >= b for a, b in zip(epochs, epochs[1:])):
+            raise UserError(f"--batch_increase_epochs must be strictly increasing, got {epochs}")
+        factor = self.batch_increase_factor
+        if not (np.isfinite(factor) and factor > 1):
+            raise UserError(f"--batch_increase_factor must be a finite number > 1, "
+                            f"got {factor:g}")
+        if int(self.batch_increase_max) < 0 or self.batch_increase_max != int(
+                self.batch_increase_max):
+            raise UserError(f"--batch_increase_max must be a whole number >= 0 (0: no cap), "
+                            f"got {self.batch_increase_max!r}")
+        if self.batch_increase and (self.scheduled or self.train_longer):
+            raise UserError("--batch_increase_epochs cannot be combined with --warmup_epochs, "
+                            "--lr_decay or --train_longer (they count updates of a constant "
+                            "batch)")
 
     def record(self):
         """The options as ``run.json`` keys; settings of an unused remedy are None."""
@@ -238,6 +295,11 @@ class Remedies:
             "train_longer": bool(self.train_longer),
             "ghost_batch_size": int(self.ghost_batch_size),
             **self.sam.record(),
+            "batch_increase_epochs": [int(e) for e in self.batch_increase_epochs],
+            "batch_increase_factor": (float(self.batch_increase_factor)
+                                      if self.batch_increase else None),
+            "batch_increase_max": (int(self.batch_increase_max)
+                                   if self.batch_increase else None),
         }
 
     def describe_optimizer(self):
@@ -272,6 +334,11 @@ class Remedies:
             parts.append(f"Ghost BN {int(self.ghost_batch_size)}")
         if self.sam.on:
             parts.append(self.sam.describe())
+        if self.batch_increase:
+            parts.append(f"batch x{self.batch_increase_factor:g} at epochs "
+                         f"{','.join(str(int(e)) for e in self.batch_increase_epochs)}"
+                         + (f" (max {int(self.batch_increase_max)})"
+                            if self.batch_increase_max else ""))
         return ", ".join(parts)
 
 
@@ -286,7 +353,7 @@ def learning_rate_plan(remedies, *, batch_size, num_samples, epochs, accumulatio
     Args:
         remedies: `Remedies` (``lr_reference_batch`` resolved: >= 1 when
             ``lr_scaling`` is not ``none``).
-        batch_size: the run's batch, in samples.
+        batch_size: the run's batch (of epoch 0 with a batch increase), in samples.
         num_samples: training-set size.
         epochs: the run's epoch cap (the end of a cosine decay).
         accumulation_steps: micro-batches per update.
@@ -294,8 +361,8 @@ def learning_rate_plan(remedies, *, batch_size, num_samples, epochs, accumulatio
     Returns:
         A JSON-ready dict: ``base``, ``peak`` (the scaled rate), ``start``
         (the rate of the first warm-up update), ``warmup_steps``,
-        ``total_steps`` (updates in `epochs` epochs), ``decay``,
-        ``steps_per_epoch``.
+        ``total_steps`` (updates in `epochs` epochs, the growing batch
+        counted), ``decay``, ``steps_per_epoch`` (of epoch 0).
 
     Raises:
         UserError: scaling without a reference batch, or a cosine decay that
@@ -317,6 +384,8 @@ def learning_rate_plan(remedies, *, batch_size, num_samples, epochs, accumulatio
     if remedies.warmup_epochs > 0:
         warmup = max(1, int(round(float(remedies.warmup_epochs) * per_epoch)))
     total = int(epochs) * per_epoch
+    if remedies.batch_increase:  # the rate is constant then; this counts what it spans
+        total = remedies.batch_schedule(batch_size).total_steps(num_samples, int(epochs), k)
     if remedies.lr_decay == "cosine" and total <= warmup:
         raise UserError(f"--lr_decay=cosine needs more updates ({total} in {int(epochs)} "
                         f"epochs) than --warmup_epochs takes ({warmup})")

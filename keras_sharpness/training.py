@@ -75,7 +75,10 @@ accumulation), ``train_longer`` (resolved by `train_sb_lb`: LB's epochs, or
 ``max_epochs`` with ``until_converged``, scaled to SB's number of updates),
 Ghost BatchNorm (``ghost_batch_size``: `keras_sharpness.layers.with_ghost_batch_norm`
 on the network that trains) and SAM / ASAM (``sam_rho``, ``sam_adaptive``,
-``sam_eta``: `keras_sharpness.sam.sam_model`). The optimizer's iteration
+``sam_eta``: `keras_sharpness.sam.sam_model`) and Smith et al.'s growing
+batch (``batch_increase_epochs``, ``batch_increase_factor``,
+``batch_increase_max``: `SeededBatches` over a
+`keras_sharpness.schedules.BatchSchedule`). The optimizer's iteration
 counter is part of the per-epoch backup, so a resumed run continues on the
 same learning-rate curve.
 """
@@ -84,6 +87,7 @@ import dataclasses
 import os
 import pathlib
 import time
+import warnings
 
 import numpy as np
 
@@ -103,7 +107,8 @@ IDENTITY_KEYS = ("network", "dataset", "seed", "train_size", "sb_batch_size",
                  "adversarial_clean_weight", "remedies_apply_to", "relative_min_delta",
                  "eval_batch_size", "keeps", "optimizer", "learning_rate", "momentum",
                  "lr_scaling", "lr_reference_batch", "warmup_epochs", "lr_decay",
-                 "train_longer", "ghost_batch_size", "sam_rho", "sam_adaptive", "sam_eta")
+                 "train_longer", "ghost_batch_size", "sam_rho", "sam_adaptive", "sam_eta",
+                 "batch_increase_epochs", "batch_increase_factor", "batch_increase_max")
 
 #: The ``kind`` of a run directory of SB and LB minimizers in its manifest.
 KIND = "sb_lb"
@@ -228,7 +233,10 @@ class SeededBatches:
     """Training batches in a seeded order that depends only on (seed, epoch).
 
     Epoch ``e`` visits ``epoch_permutation(n, seed, e)`` in consecutive
-    batches of ``batch_size`` (the last one may be shorter). With
+    batches of ``batch_size`` (the last one may be shorter), or, when
+    `batch_size` is a `keras_sharpness.schedules.BatchSchedule` (Smith et al.
+    2018), of that epoch's ``schedule.batch_size(e)``: exactly the batches of
+    `keras_sharpness.schedules.epoch_batches`. With
     ``accumulation_steps=k`` each batch is cut into k micro-batches
     (`numpy.array_split`), each with a sample weight ``k * m / b`` (m its size,
     b its batch's size) so that the mean of the k micro-batch losses is the
@@ -246,26 +254,47 @@ class SeededBatches:
     """
 
     def __init__(self, x, y, batch_size, *, seed=0, accumulation_steps=1, augment=None):
+        from keras_sharpness.schedules import BatchSchedule
+
         self.augment = augment
         self.x = np.asarray(x, dtype=np.float32)
         self.y = np.asarray(y, dtype=np.int64)
-        self.batch_size = int(batch_size)
+        self.schedule = batch_size if isinstance(batch_size, BatchSchedule) else None
+        self.batch_size = (self.schedule.initial_batch if self.schedule is not None
+                           else int(batch_size))  # of epoch 0
         self.seed = int(seed)
         self.accumulation_steps = max(1, int(accumulation_steps or 1))
         self.epoch = 0
-        n, b, k = len(self.x), self.batch_size, self.accumulation_steps
-        self.num_batches = n // b + (1 if n % b >= k else 0)
+
+    @property
+    def constant(self):
+        """Whether every epoch has the same batch (and so the same number of steps)."""
+        return self.schedule is None or not self.schedule.epochs
+
+    def batch_size_at(self, epoch):
+        """The batch of epoch `epoch`, in samples."""
+        return self.batch_size if self.schedule is None else self.schedule.batch_size(epoch)
+
+    def batches_in(self, epoch):
+        """Batches (optimizer updates) of epoch `epoch`."""
+        n, b, k = len(self.x), self.batch_size_at(epoch), self.accumulation_steps
+        return n // b + (1 if n % b >= k else 0)
+
+    @property
+    def num_batches(self):
+        """Batches of the current `epoch`."""
+        return self.batches_in(self.epoch)
 
     def __len__(self):
-        """Steps (optimizer micro-steps) per epoch."""
+        """Steps (optimizer micro-steps) of the current `epoch`."""
         return self.num_batches * self.accumulation_steps
 
     def batches(self, epoch):
         """Yields the (x, y) or (x, y, sample_weight) batches of one epoch."""
         order = epoch_permutation(len(self.x), self.seed, epoch)
-        k = self.accumulation_steps
-        for batch in range(self.num_batches):
-            whole = order[batch * self.batch_size:(batch + 1) * self.batch_size]
+        k, size = self.accumulation_steps, self.batch_size_at(epoch)
+        for batch in range(self.batches_in(epoch)):
+            whole = order[batch * size:(batch + 1) * size]
             x = self.x[whole]
             if self.augment is not None:
                 x = self.augment(x, remedies_lib.augmentation_key(self.seed, epoch, batch))
@@ -277,7 +306,14 @@ class SeededBatches:
                 yield x[part], self.y[whole[part]], weight
 
     def as_dataset(self):
-        """A `tf.data.Dataset` of the batches of epoch `self.epoch` (read per pass)."""
+        """A `tf.data.Dataset` of the batches of epoch `self.epoch` (read per pass).
+
+        With a constant batch its cardinality is the steps of an epoch. With a
+        growing batch it is unknown: Keras 3 ``fit`` then iterates the first
+        epoch it runs to exhaustion and later ones up to one step more than
+        that epoch had, i.e. to exhaustion too, since the number of steps
+        never grows (tests/test_batch_increase.py pins this).
+        """
         import tensorflow as tf
 
         signature = (tf.TensorSpec([None, *self.x.shape[1:]], tf.float32),
@@ -286,7 +322,8 @@ class SeededBatches:
             signature += (tf.TensorSpec([None], tf.float32),)
         dataset = tf.data.Dataset.from_generator(
             lambda: self.batches(self.epoch), output_signature=signature)
-        dataset = dataset.apply(tf.data.experimental.assert_cardinality(len(self)))
+        if self.constant:
+            dataset = dataset.apply(tf.data.experimental.assert_cardinality(len(self)))
         return dataset.prefetch(2)
 
 
@@ -295,14 +332,25 @@ def _callbacks_module():
     import keras
 
     class FollowEpoch(keras.callbacks.Callback):
-        """Tells a `SeededBatches` which epoch `fit` is about to run."""
+        """Tells a `SeededBatches` which epoch `fit` is about to run.
 
-        def __init__(self, batches):
+        With `learning_rate` (a batch schedule with a cap), it also sets the
+        optimizer's rate to ``learning_rate * schedule.learning_rate_factor(epoch)``
+        (Smith et al.: where the batch cannot grow, the rate falls instead): a
+        function of the epoch alone, set after a resume's restore, so resumed
+        and uninterrupted runs agree.
+        """
+
+        def __init__(self, batches, learning_rate=None):
             super().__init__()
             self.batches = batches
+            self.learning_rate = learning_rate
 
         def on_epoch_begin(self, epoch, logs=None):
             self.batches.epoch = epoch
+            if self.learning_rate is not None:
+                self.model.optimizer.learning_rate = (
+                    self.learning_rate * self.batches.schedule.learning_rate_factor(epoch))
 
     class HistoryWriter(keras.callbacks.Callback):
         """Writes the per-epoch logs to a JSON file after every epoch.
@@ -479,10 +527,20 @@ def train_minimizer(x0, network, info, x_train, y_train, *, batch_size, out_path
             conservative_steps=int(conservative_steps), adversarial_eps=float(adversarial_eps),
             adversarial_clean_weight=float(adversarial_clean_weight))
     remedies.check(np.shape(x_train)[1:], k)
+    schedule = remedies.batch_schedule(batch_size)  # the batch per epoch
+    if remedies.batch_increase:
+        schedule.check(len(x_train), k)
+    sizes = sorted({schedule.batch_size(e) for e in (0, *schedule.epochs)}
+                   if remedies.batch_increase else {batch_size})
+    for size in sizes[1:]:  # the first is `batch_size`, checked above
+        if size % strategy.num_replicas_in_sync:
+            raise UserError(f"{run_name} batch size {size} (--batch_increase_epochs) is not "
+                            f"divisible by the {strategy.num_replicas_in_sync} replicas of "
+                            f"--strategy")
     rate_plan = remedies_lib.learning_rate_plan(
         remedies, batch_size=batch_size, num_samples=len(x_train), epochs=cap,
         accumulation_steps=k)
-    # Each BN call sees one micro-batch of one replica.
+    # Each BN call sees one micro-batch of one replica (fewest samples: the first batch).
     per_call = batch_size // (k * strategy.num_replicas_in_sync)
     if remedies.ghost and remedies.ghost_batch_size > per_call:
         raise UserError(f"--ghost_batch_size {remedies.ghost_batch_size} is larger than the "
@@ -522,7 +580,7 @@ def train_minimizer(x0, network, info, x_train, y_train, *, batch_size, out_path
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                       metrics=["accuracy"])
 
-    data = SeededBatches(x_train, y_train, batch_size, seed=seed, accumulation_steps=k,
+    data = SeededBatches(x_train, y_train, schedule, seed=seed, accumulation_steps=k,
                          augment=augmentation)
     stop_rule = {"monitor": convergence.MONITOR_KEY, "until_converged": bool(until_converged),
                  "patience": int(patience), "min_delta": float(min_delta),
@@ -532,6 +590,9 @@ def train_minimizer(x0, network, info, x_train, y_train, *, batch_size, out_path
               "replicas": strategy.num_replicas_in_sync, "seed": seed,
               "train_size": len(x_train), **remedies.record(),
               "learning_rate_plan": rate_plan,
+              **({"batch_schedule": {**schedule.to_dict(),
+                                     "batch_sizes": [schedule.batch_size(e) for e in range(cap)]}}
+                 if remedies.batch_increase else {}),
               "stop_rule": stop_rule,
               "train_f": {"bn_eval": bn_eval, "eval_batch_size": int(eval_batch_size),
                           "num_samples": len(x_train)}}
@@ -557,7 +618,8 @@ def train_minimizer(x0, network, info, x_train, y_train, *, batch_size, out_path
     # Order matters: the monitor adds f to the logs and saves the best
     # weights, then the history is written, then the backup marks the epoch
     # finished. A kill between them repeats that epoch identically.
-    all_callbacks = [FollowEpoch(data), monitor, history, CrashSafeBackup(backup_dir),
+    capped = remedies.batch_increase and schedule.max_batch is not None
+    all_callbacks = [FollowEpoch(data, rate_plan["peak"] if capped else None), monitor, history, CrashSafeBackup(backup_dir),
                      *callbacks]
 
     if verbose:
@@ -566,8 +628,11 @@ def train_minimizer(x0, network, info, x_train, y_train, *, batch_size, out_path
               + f", {cap} epochs" + (" at most" if until_converged else "")
               + f", {strategy.num_replicas_in_sync} replica(s)"
               + (f"; {remedies.describe()}" if remedies.any else ""), flush=True)
-    model.fit(data.as_dataset(), epochs=cap, shuffle=False, verbose=verbose,
-              callbacks=all_callbacks)
+    with warnings.catch_warnings():
+        if not data.constant:  # each epoch of a growing batch ends when its data does
+            warnings.filterwarnings("ignore", message="Your input ran out of data")
+        model.fit(data.as_dataset(), epochs=cap, shuffle=False, verbose=verbose,
+                  callbacks=all_callbacks)
 
     kept_epoch = convergence.best_epoch(history.epochs)
     if monitor.diverged is not None or kept_epoch is None:
@@ -808,6 +873,10 @@ def train_sb_lb(data, settings, workdir, *, verbose=1, callbacks=()):
     lb = resolve_batch_size(lb_requested, n, name="LB batch size")
     remedied = t.remedied_runs
     t.remedies.check(data.info.input_shape, t.accumulation_steps if "lb" in remedied else 1)
+    if t.remedies.batch_increase:  # every epoch's batch must fit the data
+        for name, batch, k in (("sb", sb, 1), ("lb", lb, t.accumulation_steps)):
+            if name in remedied:
+                t.remedies.batch_schedule(batch).check(n, k)
     strategy = make_strategy(t.strategy)
     data_dir = settings.data.data_dir
     if data_dir is not None:
