@@ -264,6 +264,9 @@ def _measure_options(settings, normalized):
         "landscape_span": _check_real(settings.landscape_span, "landscape_span", low=0.0,
                                       open_low=True),
     }
+    if out["landscape_points"] % 2 == 0:
+        raise UserError(f"landscape_points must be odd (the curve is centred on the "
+                        f"minimizer, alpha = 0), got {settings.landscape_points}")
     if settings.adaptive_norm not in ("l2", "linf"):
         raise UserError(f"adaptive_norm must be l2 or linf, got {settings.adaptive_norm!r}")
     if normalized["hessian_topk"]:

@@ -62,6 +62,7 @@ class Quadratic:
     ({"m_sharpness": -4}, "m_sharpness must be 0 (the whole subset) or a positive integer"),
     ({"pac_bayes_target": -0.1}, "pac_bayes_target"),
     ({"landscape_points": 2}, "landscape_points"),
+    ({"landscape_points": 20}, "landscape_points must be odd"),
 ])
 def test_bad_settings_are_one_line_user_errors(kwargs, message):
     with pytest.raises(UserError) as info:

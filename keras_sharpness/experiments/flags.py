@@ -155,6 +155,9 @@ def common_from_flags(FLAGS, experiment):
                                num_samples=FLAGS.sharpness_samples, seed=FLAGS.seed,
                                subspace_scale=FLAGS.subspace_scale,
                                **{name: FLAGS[name].value for name in MEASURE_FLAGS})
+    if "sharpness" not in settings.measures and experiment != "remedy_grid":
+        raise UserError("the experiments' tables and figures are of Metric 2.1: keep "
+                        "sharpness in --measures (e.g. --measures=sharpness,hessian_trace)")
     workdir = io.ensure_writable_dir(FLAGS.workdir or f"runs/{experiment}_{network}",
                                      "--workdir")
     figures_dir = io.ensure_writable_dir(FLAGS.figures_dir or workdir, "--figures_dir")
