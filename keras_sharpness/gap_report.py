@@ -60,8 +60,9 @@ def _column(record):
     kind = record.get("measure", "sharpness")
     if kind == "accuracy":
         return None
-    # Measures on different subsets of the training set are different columns.
-    samples = f"samples={record.get('num_samples') or 'all'}"
+    # Measures of a different f (subset, batch size) or seed are different columns.
+    samples = (f"samples={record.get('num_samples') or 'all'} "
+               f"batch={record.get('batch_size')} seed={record.get('seed')}")
     if kind == "sharpness":
         p = record["subspace_dim"]
         space = "full" if p == 0 else f"p={p}"
@@ -79,7 +80,8 @@ def _value(record):
 
 
 def collect(stores):
-    """One row per (store, model label) with an accuracy record.
+    """One row per measured model with an accuracy record: per (store, model
+    label), and once per checkpoint (SHA-256) however many stores hold it.
 
     Returns:
         ``(rows, columns)``: rows are dicts with ``store``, ``model``,
@@ -93,7 +95,7 @@ def collect(stores):
     """
     from keras_sharpness.measure import MEASURES, record_store
 
-    rows, keys = [], {}
+    rows, keys, seen = [], {}, set()
     for path in stores:
         records = record_store(path).read()
         by_model = {}
@@ -109,6 +111,9 @@ def collect(stores):
                         f"{path}: model {label!r} has measures but no accuracy record; run "
                         f"compute_sharpness.py on it with --measures=accuracy")
                 continue
+            if digest is not None and (digest, bn_eval) in seen:
+                continue  # the same checkpoint in another store (e.g. a reused SB): one row
+            seen.add((digest, bn_eval))
             acc = accuracy[-1]
             row = {"store": str(path), "model": label, "checkpoint_sha256": digest,
                    "bn_eval": bn_eval,

@@ -58,7 +58,7 @@ def test_rows_gaps_and_columns(stores):
     rows, columns = gap_report.collect(gap_report.find_stores([stores]))
     assert len(rows) == 6
     assert [c["name"] for c in columns] == [
-        "sharpness (full eps=0.001 maxiter=10 start=zero samples=all)", "hessian_trace", "noise_scale"]
+        "sharpness (full eps=0.001 maxiter=10 start=zero samples=all batch=1000 seed=0)", "hessian_trace", "noise_scale"]
     assert [r["gap_loss"] for r in rows] == pytest.approx(GAPS)
     assert [r["gap_acc"] for r in rows] == pytest.approx([100 * (0.1 + 0.01 * i)
                                                           for i in range(6)])
@@ -68,7 +68,7 @@ def test_rows_gaps_and_columns(stores):
 def test_kendall_tau_and_its_interval(stores):
     report = gap_report.build_report([stores], bootstrap=500)
     tau = {(c["column"], c["gap"]): c for c in report["correlations"]}
-    rising = tau[("sharpness (full eps=0.001 maxiter=10 start=zero samples=all)", "gap_loss")]
+    rising = tau[("sharpness (full eps=0.001 maxiter=10 start=zero samples=all batch=1000 seed=0)", "gap_loss")]
     assert rising["tau"] == pytest.approx(1.0)
     assert rising["ci_low"] == pytest.approx(1.0) and rising["ci_high"] == pytest.approx(1.0)
     assert tau[("hessian_trace", "gap_loss")]["tau"] == pytest.approx(-1.0)
@@ -124,5 +124,15 @@ def test_measures_on_other_subsets_are_other_columns(tmp_path):
     io.write_json(tmp_path / "sharpness.json",
                   [accuracy("SB", 0.01, 0.2, 1.0, 0.9), phi("SB", 1.0), subset])
     rows, columns = gap_report.collect([tmp_path / "sharpness.json"])
-    assert [c["details"].split()[-1] for c in columns] == ["samples=2000", "samples=all"]
+    assert [c["details"].split()[-3] for c in columns] == ["samples=2000", "samples=all"]
     assert sorted(rows[0]["values"].values()) == [1.0, 2.0]
+
+
+def test_a_checkpoint_in_two_stores_is_one_row(stores, tmp_path):
+    # A remedy grid reuses the trials' SB and LB: the report must not count them twice.
+    shared = [dict(r, checkpoint_sha256="abc") for r in
+              (accuracy("SB", 0.01, 0.2, 1.0, 0.9), phi("SB", 1.0))]
+    for name in ("a", "b"):
+        io.write_json(tmp_path / name / "sharpness.json", shared)
+    rows, _ = gap_report.collect(gap_report.find_stores([tmp_path / "a", tmp_path / "b"]))
+    assert len(rows) == 1
