@@ -26,10 +26,17 @@ d l_i(w; batch)/dw over f's fixed batch, so they sum to the batch gradient
 (a minibatch of a different size would see different statistics: read the
 number with that in mind).
 
-Uncertainty: the percentile bootstrap over groups of samples
-(`scipy.stats.bootstrap`, ``method="percentile"``), resampled with
+Uncertainty: the basic (reverse-percentile) bootstrap over groups of
+samples (`scipy.stats.bootstrap`, ``method="basic"``), resampled with
 replacement, describes how B_simple would vary were the data a sample from a
-larger distribution. The unit is the fixed batch (or a group of
+larger distribution. Not the percentile interval: a resample repeats groups,
+which inflates its |G*|^2 by about tr(Sigma) / (b K) and pulls every
+resampled B_simple down, so the percentile interval lay below the estimate
+itself. The basic interval reflects the resamples around the estimate,
+which removes that bias to first order. Even so it is a rough spread, not a
+calibrated interval: in a simulation with K = 20 groups of 100 Gaussian
+"gradients", it covered the population value in 77 % of 200 draws at a
+nominal 95 % (the percentile interval: 10 %). The unit is the fixed batch (or a group of
 ``group_size`` samples) and not the example because the bootstrap needs only
 each group's gradient sum (K vectors of length n, K the number of groups)
 and sum of squared norms: every resample's |G*|^2 is c^T M c / N*^2 with M the
@@ -76,7 +83,7 @@ class NoiseScaleResult:
         mean_square_norm: mean_i |g_i|^2.
         critical_batch_size: the predicted critical batch size, B_simple
             (McCandlish et al. 2018's rule of thumb, see the module).
-        ci_low, ci_high: percentile bootstrap interval of B_simple over
+        ci_low, ci_high: basic bootstrap interval of B_simple over
             groups (None without a bootstrap or with fewer than 2 groups).
         confidence: the interval's confidence level.
         bootstrap: number of bootstrap resamples.
@@ -168,7 +175,7 @@ def _group_bootstrap(groups, b_simple_of_counts, resamples, confidence, seed):
 
     result = scipy.stats.bootstrap(
         (np.arange(groups),), statistic, n_resamples=resamples, vectorized=True,
-        confidence_level=confidence, method="percentile",
+        confidence_level=confidence, method="basic",
         rng=np.random.default_rng(seed))
     low, high = result.confidence_interval
     return float(low), float(high)
@@ -225,7 +232,7 @@ def gradient_noise_scale(objective, *, point=None, non_trainable=None, bootstrap
         non_trainable: non-trainable values (None: the model's).
         bootstrap: bootstrap resamples (0: no interval).
         seed: seed of the bootstrap (`numpy.random.default_rng`).
-        confidence: level of the percentile interval, in (0, 1).
+        confidence: level of the bootstrap interval, in (0, 1).
         group_size: per_example: resample groups of this many consecutive
             samples of a fixed batch instead of whole fixed batches (for f
             without batch-statistics BN only); two_batch: b, the samples
