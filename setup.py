@@ -82,6 +82,6 @@ setup(
         "scikit-learn>=1.2",  # ships the offline demo set (`digits`)
         "pillow>=9.0",  # decodes `folder:` image data sets
     ],
-    extras_require={"test": ["pytest>=7"]},
+    extras_require={"test": ["pytest>=7", "pytest-xdist>=3"]},  # -n auto: pytest.ini
     entry_points={"console_scripts": CONSOLE_SCRIPTS},
 )
