@@ -59,8 +59,8 @@ import math
 import time
 
 import numpy as np
-import scipy.optimize
 
+from keras_sharpness import lbfgsb
 from keras_sharpness.errors import UserError
 
 START_POINTS = ("zero", "corner", "random")
@@ -497,10 +497,12 @@ def sharpness(objective, eps=1e-3, subspace_dim=0, maxiter=10, seed=0, start="ze
     options = {"maxiter": maxiter, "gtol": float(gtol), "ftol": float(ftol),
                "maxcor": SOLVER_DEFAULTS["maxcor"], "maxls": SOLVER_DEFAULTS["maxls"],
                "maxfun": SOLVER_DEFAULTS["maxfun_per_iteration"] * maxiter}
-    solution = scipy.optimize.minimize(
-        negative_f, y0, jac=True, method="L-BFGS-B",
-        bounds=scipy.optimize.Bounds(-half, half),
-        callback=callback, options=options)
+    # SciPy's L-BFGS-B with its bound handling vectorized: the same iterates
+    # without seconds of Python loops over the weights (`keras_sharpness.lbfgsb`).
+    solution = lbfgsb.minimize_box(
+        negative_f, y0, -half, half, maxiter=options["maxiter"], ftol=options["ftol"],
+        gtol=options["gtol"], maxcor=options["maxcor"], maxls=options["maxls"],
+        maxfun=options["maxfun"], callback=callback)
     solver_total = time.perf_counter() - t_solver
     # Time in f, grad f and A products during the solve is not solver time.
     inside_solve = (restricted.objective_seconds + restricted.projection_seconds

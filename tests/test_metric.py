@@ -209,3 +209,37 @@ def test_multistart_reports_the_largest_phi_and_every_start():
     assert best.start == "corner" and best.phi == results[1].phi
     assert best.phi == pytest.approx(0.5 * np.sum(h) * 0.1 ** 2 * 100)
     assert best.phi_paper == max(r.phi_paper for r in results)
+
+
+@pytest.mark.parametrize("maxiter", [3, 40])
+def test_the_box_driver_gives_scipys_iterates(maxiter):
+    """keras_sharpness.lbfgsb.minimize_box vs scipy.optimize.minimize (L-BFGS-B with
+    Bounds): the same iterate after every iteration, evaluations and message."""
+    import scipy.optimize
+
+    from keras_sharpness.lbfgsb import minimize_box
+
+    rng = np.random.default_rng(0)
+    n = 40
+    q = rng.normal(size=(n, n))
+    q = q @ q.T / n - 0.5 * np.eye(n)
+    b = rng.normal(size=n)
+
+    def fun_and_grad(x):  # non-convex, so the ascent hits the bounds
+        return (float(-0.5 * x @ q @ x - b @ x + 0.1 * np.sum(np.cos(3 * x))),
+                -(q @ x) - b - 0.3 * np.sin(3 * x))
+
+    half = rng.uniform(0.1, 1.0, n)
+    options = dict(maxiter=maxiter, ftol=0.0, gtol=0.0, maxcor=10, maxls=20, maxfun=600)
+    theirs, ours = [], []
+    reference = scipy.optimize.minimize(
+        fun_and_grad, np.zeros(n), jac=True, method="L-BFGS-B",
+        bounds=scipy.optimize.Bounds(-half, half), options=options,
+        callback=lambda intermediate_result: theirs.append(intermediate_result.x.copy()))
+    result = minimize_box(fun_and_grad, np.zeros(n), -half, half, **options,
+                          callback=lambda r: ours.append(r.x.copy()))
+    assert len(ours) == len(theirs) == reference.nit == result.nit
+    for a, b_ in zip(theirs, ours):
+        np.testing.assert_array_equal(a, b_)
+    assert (result.nfev, result.message, result.status, result.fun) == (
+        reference.nfev, reference.message, reference.status, reference.fun)
