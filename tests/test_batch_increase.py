@@ -9,6 +9,7 @@ from absl import flags
 from keras_sharpness import commands, remedies, schedules, training
 from keras_sharpness.config import DataSettings, RunSettings, TrainingSettings
 from keras_sharpness.errors import UserError
+from toy_models import Interrupted
 
 
 def _data(n=48, dim=6, classes=3, seed=0):
@@ -60,17 +61,13 @@ def _steps_and_rates(steps, rates):
     return Count()
 
 
-class _Interrupt(Exception):
-    pass
-
-
 def _interrupt_before(epoch):
     import keras
 
     class Interrupt(keras.callbacks.Callback):
         def on_epoch_begin(self, e, logs=None):
             if e == epoch:
-                raise _Interrupt()
+                raise Interrupted()
     return Interrupt()
 
 
@@ -116,7 +113,7 @@ def test_fit_runs_each_epochs_batches_the_cap_lowers_the_rate_and_resume_is_exac
 
     # Killed at the start of epoch 2, after the increase: the resumed run runs
     # epoch 2 at batch 16 and the lowered rate, and ends where the straight one did.
-    with pytest.raises(_Interrupt):
+    with pytest.raises(Interrupted):
         _train(tmp_path / "b", data, options, callbacks=[_interrupt_before(2)])
     steps, rates = {}, []
     resumed = _train(tmp_path / "b", data, options, callbacks=[_steps_and_rates(steps, rates)])

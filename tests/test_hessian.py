@@ -6,7 +6,7 @@ import pytest
 from keras_sharpness.errors import UserError
 from keras_sharpness.hessian import hessian_trace, power_iteration, top_eigenvalues
 from keras_sharpness.objective import TrainingLoss
-from toy_models import logistic_hessian, logistic_regression, toy_data
+from toy_models import DiagonalQuadratic, logistic_hessian, logistic_regression, toy_data
 
 
 @pytest.fixture(scope="module")
@@ -47,19 +47,6 @@ def test_same_seed_same_eigenvalues_and_bad_k(logistic):
     with pytest.raises(UserError, match="method"):
         top_eigenvalues(objective, 1, method="qr")
 
-
-class DiagonalQuadratic:
-    """f(w) = 1/2 w^T diag(d) w: Hutchinson's estimate of tr is exact for it."""
-
-    def __init__(self, d):
-        self.d = np.asarray(d, np.float64)
-        self.num_params = len(self.d)
-
-    def initial_point(self):
-        return np.zeros(self.num_params)
-
-    def hessian_vector_product(self, w, v, non_trainable=None):
-        return self.d * v
 
 
 def test_hutchinson_trace_is_exact_for_a_diagonal_hessian():

@@ -11,6 +11,7 @@ from keras_sharpness import commands, remedies, training
 from keras_sharpness.config import DataSettings, PlotCommand, RunSettings, TrainingSettings
 from keras_sharpness.errors import CheckpointError, UserError
 from keras_sharpness.experiments import flags as experiment_flags
+from toy_models import Interrupted, interrupt_at
 
 #: Every issue-12 option switched on (values the tests check against).
 MODERN = dict(optimizer="sgd", learning_rate=0.01, momentum=0.5, lr_scaling="linear",
@@ -162,23 +163,6 @@ def _rates(seen):
     return Rates()
 
 
-class _Interrupt(Exception):
-    pass
-
-
-def _interrupt_at(epoch, batch):
-    import keras
-
-    class Interrupt(keras.callbacks.Callback):
-        def on_epoch_begin(self, e, logs=None):
-            self.epoch = e
-
-        def on_train_batch_end(self, b, logs=None):
-            if self.epoch == epoch and b == batch:
-                raise _Interrupt()
-    return Interrupt()
-
-
 def test_sam_and_ghost_bn_train_and_the_history_says_so(tmp_path):
     data = _data()
     options = remedies.Remedies(ghost_batch_size=4, sam_rho=0.05)
@@ -217,8 +201,8 @@ def test_warm_up_follows_goyal_and_a_resume_mid_warm_up_is_bitwise_identical(tmp
     assert np.all(np.isfinite(straight.get_weights()[0]))
 
     # Killed at update 3 (epoch 1, micro-batch 1), inside the warm-up.
-    with pytest.raises(_Interrupt):
-        _train(tmp_path / "b", data, options, callbacks=[_interrupt_at(1, 1)], epochs=2)
+    with pytest.raises(Interrupted):
+        _train(tmp_path / "b", data, options, callbacks=[interrupt_at(1, 1)], epochs=2)
     resumed_rates = []
     resumed = _train(tmp_path / "b", data, options, callbacks=[_rates(resumed_rates)],
                      epochs=2)

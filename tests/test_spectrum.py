@@ -14,6 +14,7 @@ from keras_sharpness.hessian import (SpectralDensityResult, hessian_trace,
                                      spectral_density)
 from keras_sharpness.objective import TrainingLoss
 from keras_sharpness.plotting import plot_spectral_density
+from toy_models import DiagonalQuadratic
 
 INPUTS, HIDDEN, CLASSES = 8, 16, 4
 
@@ -153,19 +154,6 @@ def test_density_is_normalized_and_centred(tanh_problem):
     record = json.loads(json.dumps(result.to_dict()))
     assert SpectralDensityResult.from_dict(record).moments(2) == pytest.approx(result.moments(2))
 
-
-class DiagonalQuadratic:
-    """f(w) = 1/2 w^T diag(d) w."""
-
-    def __init__(self, d):
-        self.d = np.asarray(d, np.float64)
-        self.num_params = len(self.d)
-
-    def initial_point(self):
-        return np.zeros(self.num_params)
-
-    def hessian_vector_product(self, w, v, non_trainable=None):
-        return self.d * v
 
 
 def test_breakdown_gives_exact_nodes_and_weights():

@@ -12,6 +12,7 @@ import pytest
 
 from keras_sharpness import runs, training
 from keras_sharpness.errors import CheckpointError, UserError
+from toy_models import Interrupted, interrupt_at
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -192,10 +193,6 @@ def test_until_converged_stops_on_the_training_set_f(tmp_path):
     assert history["stop_rule"]["monitor"] == "train_f"
 
 
-class _Interrupt(Exception):
-    pass
-
-
 def _epoch_recorder(seen):
     import keras
 
@@ -205,26 +202,13 @@ def _epoch_recorder(seen):
     return Record()
 
 
-def _interrupt_at(epoch, batch):
-    import keras
-
-    class Interrupt(keras.callbacks.Callback):
-        def on_epoch_begin(self, e, logs=None):
-            self.epoch = e
-
-        def on_train_batch_end(self, b, logs=None):
-            if self.epoch == epoch and b == batch:
-                raise _Interrupt()
-    return Interrupt()
-
-
 def test_resume_after_interruption_equals_uninterrupted_run(tmp_path):
     data = _data()
     builder = _small_net(data.info)
     straight = _train(tmp_path / "a", data, builder, epochs=3)
 
-    with pytest.raises(_Interrupt):
-        _train(tmp_path / "b", data, builder, epochs=3, callbacks=[_interrupt_at(1, 1)])
+    with pytest.raises(Interrupted):
+        _train(tmp_path / "b", data, builder, epochs=3, callbacks=[interrupt_at(1, 1)])
     assert (tmp_path / "b" / "backup").is_dir()
     assert not (tmp_path / "b" / "out.keras").exists()
     seen = []

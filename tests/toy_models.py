@@ -47,3 +47,35 @@ def logistic_hessian(objective, x, y):
     features = np.hstack([x.astype(np.float64), np.ones((len(x), 1))])
     return np.mean([np.kron(np.outer(f, f), np.diag(q) - np.outer(q, q))
                     for f, q in zip(features, p)], axis=0)
+
+
+class DiagonalQuadratic:
+    """f(w) = 1/2 w^T diag(d) w: the Hessian-vector interface with a known
+    spectrum (Hutchinson's trace estimate is exact for it)."""
+
+    def __init__(self, d):
+        self.d = np.asarray(d, np.float64)
+        self.num_params = len(self.d)
+
+    def initial_point(self):
+        return np.zeros(self.num_params)
+
+    def hessian_vector_product(self, w, v, non_trainable=None):
+        return self.d * v
+
+
+class Interrupted(Exception):
+    """Raised by `interrupt_at` to stop a `fit` as a kill would."""
+
+
+def interrupt_at(epoch, batch):
+    """A Keras callback raising `Interrupted` after batch `batch` of epoch `epoch`."""
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_begin(self, e, logs=None):
+            self.epoch = e
+
+        def on_train_batch_end(self, b, logs=None):
+            if self.epoch == epoch and b == batch:
+                raise Interrupted()
+    return Interrupt()
