@@ -20,16 +20,15 @@ import sys
 import time
 
 from absl import flags
+from bench_common import SHARED_MNIST
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from keras_sharpness import cli  # noqa: E402
 
 cli.quiet_tensorflow()
 
-DEFAULT_DATA = (pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
-                / "mnist-t10k-split.npz")
 
-flags.DEFINE_string("data", str(DEFAULT_DATA), "MNIST-like npz; synthetic data when absent.")
+flags.DEFINE_string("data", str(SHARED_MNIST), "MNIST-like npz; synthetic data when absent.")
 flags.DEFINE_integer("num_samples", 1024, "Training images (cycled through in batches).")
 flags.DEFINE_integer("batch_size", 256, "Batch size.")
 flags.DEFINE_float("rho", 0.05, "SAM radius (ASAM uses 10 rho, Kwon et al.'s scale).")

@@ -22,20 +22,19 @@ Skips with a message when the data file is absent.
 
 import os
 import pathlib
-import statistics
 import sys
 import time
 
 from absl import app, flags
+from bench_common import SHARED_MNIST, median_seconds
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from keras_sharpness import cli  # noqa: E402
 
 cli.quiet_tensorflow()
 
-DEFAULT_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist-t10k-split.npz"
 
-flags.DEFINE_string("data", str(DEFAULT_DATA), "MNIST-like npz (keras mnist.npz keys).")
+flags.DEFINE_string("data", str(SHARED_MNIST), "MNIST-like npz (keras mnist.npz keys).")
 flags.DEFINE_integer("num_samples", None, "Use a seeded subset of the training set.")
 flags.DEFINE_integer("batch_size", 1000, "Fixed batch size of f.")
 flags.DEFINE_integer("repeats", 3, "Timed calls per measurement (median).")
@@ -43,15 +42,6 @@ flags.DEFINE_integer("maxiter", 10, "L-BFGS-B iterations of the sharpness run.")
 flags.DEFINE_string("output", None, "Also write the figures as JSON here.")
 FLAGS = flags.FLAGS
 
-
-def median_seconds(fn, repeats):
-    fn()  # warm-up: tracing
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def main(argv):

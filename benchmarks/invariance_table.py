@@ -15,15 +15,15 @@ import pathlib
 import sys
 
 from absl import app, flags
+from bench_common import SHARED_MNIST
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from keras_sharpness import cli  # noqa: E402
 
 cli.quiet_tensorflow()
 
-DEFAULT_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist-t10k-split.npz"
 
-flags.DEFINE_string("data", str(DEFAULT_DATA), "MNIST npz (keras mnist.npz keys); digits "
+flags.DEFINE_string("data", str(SHARED_MNIST), "MNIST npz (keras mnist.npz keys); digits "
                     "when absent.")
 flags.DEFINE_integer("num_samples", 1000, "Training samples (f is evaluated on all of them).")
 flags.DEFINE_integer("epochs", 5, "Adam epochs before measuring.")

@@ -36,15 +36,15 @@ import sys
 import time
 
 from absl import app, flags
+from bench_common import SHARED_MNIST
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from keras_sharpness import cli  # noqa: E402
 
 cli.quiet_tensorflow()
 
-DEFAULT_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist-t10k-split.npz"
 
-flags.DEFINE_string("data", str(DEFAULT_DATA), "MNIST-like npz; synthetic data when absent.")
+flags.DEFINE_string("data", str(SHARED_MNIST), "MNIST-like npz; synthetic data when absent.")
 flags.DEFINE_integer("num_samples", 1000, "Samples of f (one PyHessian batch).")
 flags.DEFINE_list("widths", ["32", "32"], "Hidden layer widths.")
 flags.DEFINE_integer("train_epochs", 3, "Keras training epochs before measuring (Adam).")

@@ -33,10 +33,10 @@ import time
 
 import numpy as np
 from absl import app, flags
+from bench_common import SHARED_MNIST
 
-DEFAULT_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist-t10k-split.npz"
 
-flags.DEFINE_string("data", str(DEFAULT_DATA), "MNIST npz (keras mnist.npz keys).")
+flags.DEFINE_string("data", str(SHARED_MNIST), "MNIST npz (keras mnist.npz keys).")
 flags.DEFINE_integer("batch_size", 256, "Training batch.")
 flags.DEFINE_integer("eval_batch_size", 1000, "Fixed batches of the full-data f.")
 flags.DEFINE_integer("repeats", 3, "Timed full-data gradients (median).")
