@@ -21,18 +21,27 @@ METADATA = "backup.json"
 
 
 class CrashSafeBackup(keras.callbacks.BackupAndRestore):
-    """`keras.callbacks.BackupAndRestore` (per epoch) with atomic, consistent files."""
+    """`keras.callbacks.BackupAndRestore` (per epoch) with atomic, consistent files.
 
-    def __init__(self, backup_dir):
+    Args:
+        backup_dir: the backup folder.
+        write: False for a worker that only reads it (a non-chief worker of
+            `tf.distribute.MultiWorkerMirroredStrategy` restores from the
+            chief's backup and writes nothing).
+    """
+
+    def __init__(self, backup_dir, write=True):
         super().__init__(str(backup_dir), save_freq="epoch", delete_checkpoint=False)
         self.folder = pathlib.Path(backup_dir)
+        self.write = write
 
     def _metadata(self):
         path = self.folder / METADATA
         return json.loads(path.read_text()) if path.is_file() else None
 
     def _load_model(self):
-        io.remove_temporary_files(self.folder)
+        if self.write:
+            io.remove_temporary_files(self.folder)
         metadata = self._metadata()
         if metadata is None:
             return
@@ -42,6 +51,8 @@ class CrashSafeBackup(keras.callbacks.BackupAndRestore):
         self.model._initial_epoch = int(metadata["epoch"])
 
     def _save_model(self):
+        if not self.write:
+            return
         epoch = int(self._current_epoch)
         name = f"epoch-{epoch}.weights.h5"
         with io.atomic_path(self.folder / name) as tmp:

@@ -123,6 +123,13 @@ def list_package_flags_in_help():
                 fv.register_key_flag_for_module(sys.argv[0], flag)
 
 
+def lost_worker(error):
+    """Whether `error` is TensorFlow's way of saying a peer worker is gone
+    (its collectives abort with ``UnavailableError`` or ``AbortedError``)."""
+    return (type(error).__name__ in ("UnavailableError", "AbortedError")
+            and type(error).__module__.startswith("tensorflow."))
+
+
 def run(main, settings_from_flags=None, *, doc=None, tensorflow=True):
     """Run an absl `main`, turning known bad input into one line and exit 2.
 
@@ -169,6 +176,10 @@ def run(main, settings_from_flags=None, *, doc=None, tensorflow=True):
             quiet_library_logs()
             if tensorflow:
                 quiet_tensorflow()
+                if getattr(flags.FLAGS, "strategy", None) == "multiworker":
+                    from keras_sharpness.training import make_strategy
+
+                    make_strategy("multiworker")  # before TensorFlow runs anything
             return main(argv) if settings_from_flags is None else main(settings)
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
@@ -177,6 +188,13 @@ def run(main, settings_from_flags=None, *, doc=None, tensorflow=True):
             print("interrupted: finished work is saved; run the same command "
                   "again to resume", file=sys.stderr)
             sys.exit(130)
+        except Exception as e:
+            if not lost_worker(e):
+                raise
+            print(f"error: a worker of --strategy=multiworker stopped or cannot be reached "
+                  f"({type(e).__name__}); finished work is saved: start the same command on "
+                  f"every worker again to resume", file=sys.stderr)
+            sys.exit(1)
 
     def parse_flags(argv):
         # absl's own parser prints two lines and exits 1; keep to one line, exit 2.

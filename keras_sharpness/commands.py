@@ -239,9 +239,11 @@ def define_sharpness_flags(flag_values=None):
                          "trace (0: skip; ~100 for a few % error).", flag_values=fv)
     flags.DEFINE_bool("overwrite", False, "Recompute records already in the report.",
                       flag_values=fv)
-    flags.DEFINE_enum("strategy", "default", ["default", "mirrored"], "default: one device; "
-                      "mirrored: f's batches spread over every GPU of this machine "
-                      "(MirroredStrategy; the numbers do not change).", flag_values=fv)
+    flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multiworker"],
+                      "default: one device; mirrored: f's batches spread over every GPU of "
+                      "this machine (MirroredStrategy); multiworker: over the machines of "
+                      "TF_CONFIG, the same command on each, the chief writes (the numbers "
+                      "do not change).", flag_values=fv)
     define_measure_flags(fv)
 
 

@@ -112,11 +112,15 @@ class TrainingSetMonitor(keras.callbacks.Callback):
         history: the history writer (``.epochs``: finished epochs' entries).
         until_converged: apply the stop rule (else only max epochs stop).
         patience, min_delta, relative_min_delta: the rule (`converged`).
+        write: False for a worker that writes nothing (a non-chief worker of
+            `tf.distribute.MultiWorkerMirroredStrategy`: the chief writes
+            the same weights).
     """
 
     def __init__(self, objective, network, best_path, history, *, until_converged,
-                 patience, min_delta, relative_min_delta=0.0):
+                 patience, min_delta, relative_min_delta=0.0, write=True):
         super().__init__()
+        self.write = write
         self.objective = objective
         self.network = network
         self.best_path = pathlib.Path(best_path)
@@ -154,7 +158,7 @@ class TrainingSetMonitor(keras.callbacks.Callback):
         logs[MONITOR_KEY], logs["train_f_accuracy"] = float(f), float(accuracy)
         earlier = [e.get(MONITOR_KEY) for e in self.history.epochs if e["epoch"] <= epoch]
         finite = [v for v in earlier if v is not None and math.isfinite(v)]
-        if math.isfinite(f) and (not finite or f < min(finite)):
+        if math.isfinite(f) and (not finite or f < min(finite)) and self.write:
             io.write_arrays(self.best_path, self.network.get_weights(), epoch=epoch + 1)
         if not math.isfinite(f):
             self.diverged = (epoch + 1, None, float(f))

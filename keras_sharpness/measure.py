@@ -59,6 +59,7 @@ by earlier versions are upgraded on read (`keras_sharpness.migrate`).
                     data, settings, "runs/F1/sharpness.json")
 """
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -542,11 +543,11 @@ def measure_key(settings, name, *, model, checkpoint_sha256, bn_eval):
             "params": settings.params(name)}
 
 
-def record_store(path):
+def record_store(path, write=True):
     """The `keras_sharpness.runs.RecordStore` at `path` (records keyed by `record_key`)."""
     from keras_sharpness.runs import RecordStore
 
-    return RecordStore(path, key=record_key)
+    return RecordStore(path, key=record_key, write=write)
 
 
 def _key_fields(settings, *, model, checkpoint_sha256, subspace_dim, eps, bn_eval):
@@ -724,8 +725,13 @@ def sweep(models, data, settings, store, *, network=None, dataset=None, overwrit
         dataset: data source for the records.
         overwrite: recompute records the store already holds.
         echo: called with one line per iteration and per record (None: silent).
-        strategy: a `tf.distribute.MirroredStrategy` whose replicas share f's
-            batches (`keras_sharpness.objective.TrainingLoss`); None: one device.
+        strategy: a `tf.distribute.MirroredStrategy` or
+            `MultiWorkerMirroredStrategy` whose replicas share f's batches
+            (`keras_sharpness.objective.TrainingLoss`); None: one device.
+            Across workers every worker runs the same sweep and computes the
+            same numbers; only the chief writes the store and the figures
+            (the others' figures go to a temporary folder), and all of them
+            decide what to reuse from the store as it was when they started.
 
     Returns:
         The records of this sweep, in order: per model, its Metric 2.1
@@ -735,10 +741,14 @@ def sweep(models, data, settings, store, *, network=None, dataset=None, overwrit
         UserError: bad settings, a store in use or of another format.
         CheckpointError: a missing or unreadable checkpoint.
     """
+    import tempfile
+
     from keras_sharpness import io
+    from keras_sharpness.training import barrier, is_chief
 
     echo = echo or _silent
-    store = record_store(store)
+    chief = strategy is None or is_chief(strategy)
+    store = record_store(store, write=chief)
     chosen = subjects(models)
     arrays = [] if callable(data) else [data]
 
@@ -747,7 +757,11 @@ def sweep(models, data, settings, store, *, network=None, dataset=None, overwrit
             arrays.append(data())
         return arrays[0]
 
-    with store.open():
+    with store.open(), (contextlib.nullcontext(store.path.parent / "figures") if chief
+                        else tempfile.TemporaryDirectory(prefix="ks-worker-")) as figures:
+        if strategy is not None:
+            barrier(strategy)  # every worker has read the store before any writes it
+        figures = pathlib.Path(figures)
         loaded = [(subject, _load(subject, settings)) for subject in chosen]
         versions = io.versions()
         done = []
@@ -799,7 +813,7 @@ def sweep(models, data, settings, store, *, network=None, dataset=None, overwrit
                     done.append(found[-1])
                     continue
                 record = _take(name, key, objective_of_model(), settings,
-                               store.path.parent / "figures" / f"{subject.label}_{name}",
+                               figures / f"{subject.label}_{name}",
                                echo, versions=versions, **context)
                 done.append(record)
                 store.put(record)

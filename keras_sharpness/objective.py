@@ -230,12 +230,15 @@ class TrainingLoss:
             a time, one per replica (R = ``num_replicas_in_sync``, e.g. the
             GPUs of a machine), and sum the per-batch results in batch order
             in float64, exactly as on one device. The value of f does not
-            depend on it. Multi-worker strategies are refused.
+            depend on it. Under a `tf.distribute.MultiWorkerMirroredStrategy`
+            the replicas are those of every worker (each worker holds all
+            the data and takes its replicas' batches); the per-batch results
+            are gathered on every worker, so all of them return the same
+            values, and every worker must make the same calls.
 
     Raises:
         UserError: empty data, labels out of range, a bad ``bn_eval``,
-            ``batch_size`` or ``num_samples``, inputs the model cannot take,
-            or a multi-worker strategy.
+            ``batch_size`` or ``num_samples``, or inputs the model cannot take.
     """
 
     def __init__(self, model, x, y, *, bn_eval=None, batch_size=1000,
@@ -266,10 +269,6 @@ class TrainingLoss:
         self.batch_size = int(batch_size)
         self.num_samples = len(x)
         self.seed = seed
-        if strategy is not None and isinstance(
-                strategy, tf.distribute.MultiWorkerMirroredStrategy):
-            raise UserError("measuring across workers is not supported yet; measure on one "
-                            "machine (--strategy=mirrored uses all its devices)")
         self._strategy = strategy
         _check_compatible(model, x, y)
 
@@ -402,6 +401,7 @@ class TrainingLoss:
         strategy, batches = self._strategy, self._batches
         replicas = 1 if strategy is None else strategy.num_replicas_in_sync
         whole = len(batches) - len(batches) % replicas if replicas > 1 else 0
+        workers = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
         for start in range(0, whole, replicas):
             group = batches[start:start + replicas]
 
@@ -411,14 +411,38 @@ class TrainingLoss:
             xb = strategy.experimental_distribute_values_from_function(per_replica)
             yb = strategy.experimental_distribute_values_from_function(
                 functools.partial(per_replica, part=1))
-            # A plain Python callable: strategy.run hands a tf.function the
-            # distributed values themselves, which its signature refuses.
-            results = strategy.run(lambda *values: function(*values), args=(*args, xb, yb))
-            for one in zip(*(strategy.experimental_local_results(r)
-                             for r in tf.nest.flatten(results))):
-                yield tf.nest.pack_sequence_as(results, list(one))
+            if not workers:
+                # A plain Python callable: strategy.run hands a tf.function the
+                # distributed values themselves, which its signature refuses.
+                results = strategy.run(lambda *values: function(*values), args=(*args, xb, yb))
+                for one in zip(*(strategy.experimental_local_results(r)
+                                 for r in tf.nest.flatten(results))):
+                    yield tf.nest.pack_sequence_as(results, list(one))
+                continue
+            # Across workers: every replica's result, gathered in replica
+            # (= batch) order on every worker, so all of them sum the same.
+            gathered = self._gathering(function)(*args, xb, yb)
+            for replica in range(replicas):
+                yield tf.nest.map_structure(lambda g, i=replica: g[i], gathered)
         for xb, yb in batches[whole:]:
             yield function(*args, xb, yb)
+
+    def _gathering(self, function):
+        """``function`` run on every replica of a multi-worker strategy, its
+        results gathered along a new first axis (one compiled function each)."""
+        key = ("gathering", function)
+        if key not in self._lazy:
+            strategy = self._strategy
+
+            @tf.function
+            def gathering(*values):
+                results = strategy.run(
+                    lambda *v: tf.nest.map_structure(lambda t: t[None], function(*v)),
+                    args=values)
+                return tf.nest.map_structure(lambda r: strategy.gather(r, axis=0), results)
+
+            self._lazy[key] = gathering
+        return self._lazy[key]
 
     # ----------------------------------------------------- per-example gradients
     def per_example_gradients(self, w, non_trainable=None, *, chunk=None):

@@ -341,11 +341,16 @@ class RecordStore:
     Args:
         path: the JSON file.
         key: record -> hashable key (`keras_sharpness.measure.record_key`).
+        write: False for a reader that must not write (a non-chief worker of
+            `tf.distribute.MultiWorkerMirroredStrategy`, which computes what
+            the chief computes): `open` reads without the lock, `put` keeps
+            the record in memory only.
     """
 
-    def __init__(self, path, *, key):
+    def __init__(self, path, *, key, write=True):
         self.path = pathlib.Path(path)
         self.key = key
+        self.write = write
         self._records = None
 
     def read(self):
@@ -372,6 +377,13 @@ class RecordStore:
         """
         from keras_sharpness import io
 
+        if not self.write:
+            self._records = self.read()
+            try:
+                yield self
+            finally:
+                self._records = None
+            return
         io.ensure_writable_dir(self.path.parent, "record store directory")
         with exclusive(self.path.parent, name=lock_name(self.path.name), what=str(self.path)):
             self._records = self.read()
@@ -390,7 +402,8 @@ class RecordStore:
 
         key = self.key(record)
         self._records = [r for r in self._open_records() if self.key(r) != key] + [record]
-        io.write_json(self.path, self._records)
+        if self.write:
+            io.write_json(self.path, self._records)
 
     def _open_records(self):
         if self._records is None:

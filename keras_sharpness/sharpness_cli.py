@@ -140,8 +140,10 @@ def compute(*, models, data, network, output, eps, subspace_dim=0, maxiter=10, s
         hessian_trace_probes: Hutchinson probes for tr(H) (0: skip).
         overwrite: recompute records that the report already holds.
         echo: where progress and the table go (one line per call).
-        strategy: ``"default"`` (one device) or ``"mirrored"`` (f's batches
-            spread over every GPU of the machine; the numbers do not change).
+        strategy: ``"default"`` (one device), ``"mirrored"`` (f's batches
+            spread over every GPU of the machine) or ``"multiworker"`` (over
+            the machines of ``TF_CONFIG``; the chief writes); the numbers do
+            not change.
         **options: further `MeasureSettings` fields: ``measures`` (names
             of `keras_sharpness.measure.MEASURES`, or ``"all"``) and their
             settings.

@@ -83,6 +83,7 @@ counter is part of the per-epoch backup, so a resumed run continues on the
 same learning-rate curve.
 """
 
+import contextlib
 import dataclasses
 import os
 import pathlib
@@ -190,6 +191,11 @@ def default_lb_batch_size(train_size):
     return RELEASED_LB_BATCH_SIZE if 2 * RELEASED_LB_BATCH_SIZE <= train_size else 0.1
 
 
+#: The process's one `MultiWorkerMirroredStrategy` (TensorFlow allows one,
+#: created before anything else runs: the commands make it at start-up).
+_MULTIWORKER = None
+
+
 def make_strategy(name):
     """The `tf.distribute.Strategy` called `name` (see the module docstring).
 
@@ -206,10 +212,17 @@ def make_strategy(name):
         cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(cpus)
     if name == "multiworker":
-        if not os.environ.get("TF_CONFIG"):
-            raise UserError("--strategy=multiworker needs the TF_CONFIG environment "
-                            "variable (cluster and task of this worker)")
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        global _MULTIWORKER
+        if _MULTIWORKER is None:
+            if not os.environ.get("TF_CONFIG"):
+                raise UserError("--strategy=multiworker needs the TF_CONFIG environment "
+                                "variable (cluster and task of this worker)")
+            try:
+                _MULTIWORKER = tf.distribute.MultiWorkerMirroredStrategy()
+            except RuntimeError as e:
+                raise UserError(f"--strategy=multiworker must start before TensorFlow runs "
+                                f"anything (make_strategy('multiworker') first): {e}") from None
+        return _MULTIWORKER
     raise UserError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
 
 
@@ -265,6 +278,25 @@ class SeededBatches:
         self.seed = int(seed)
         self.accumulation_steps = max(1, int(accumulation_steps or 1))
         self.epoch = 0
+        #: Replicas across all workers, and this worker's (see `shard`).
+        self.replicas, self.local_replicas = 1, (0,)
+
+    def shard(self, replicas, local_replicas):
+        """This worker's part of every batch, for `MultiWorkerMirroredStrategy`.
+
+        Each batch is cut into `replicas` consecutive parts
+        (`numpy.array_split`); `batches` then yields, per batch, the parts of
+        `local_replicas` (global replica ids, in order), each with a sample
+        weight ``replicas * m / b`` (m its size, b its batch's size): Keras
+        takes the mean loss of each part and sums the replicas' gradients
+        divided by `replicas`, so the update is the batch's mean loss, as on
+        one device. A final batch with fewer samples than replicas is dropped.
+        """
+        if self.accumulation_steps > 1:
+            raise UserError("gradient accumulation (--accumulation_steps) does not work across "
+                            "workers in Keras 3; use a smaller global batch or more workers")
+        self.replicas, self.local_replicas = int(replicas), tuple(int(r) for r in local_replicas)
+        return self
 
     @property
     def constant(self):
@@ -277,8 +309,8 @@ class SeededBatches:
 
     def batches_in(self, epoch):
         """Batches (optimizer updates) of epoch `epoch`."""
-        n, b, k = len(self.x), self.batch_size_at(epoch), self.accumulation_steps
-        return n // b + (1 if n % b >= k else 0)
+        n, b = len(self.x), self.batch_size_at(epoch)
+        return n // b + (1 if n % b >= max(self.accumulation_steps, self.replicas) else 0)
 
     @property
     def num_batches(self):
@@ -286,8 +318,9 @@ class SeededBatches:
         return self.batches_in(self.epoch)
 
     def __len__(self):
-        """Steps (optimizer micro-steps) of the current `epoch`."""
-        return self.num_batches * self.accumulation_steps
+        """Elements of the current `epoch`: optimizer micro-steps, or with `shard`
+        the batches times this worker's replicas."""
+        return self.num_batches * self.accumulation_steps * len(self.local_replicas)
 
     def batches(self, epoch):
         """Yields the (x, y) or (x, y, sample_weight) batches of one epoch."""
@@ -298,6 +331,14 @@ class SeededBatches:
             x = self.x[whole]
             if self.augment is not None:
                 x = self.augment(x, remedies_lib.augmentation_key(self.seed, epoch, batch))
+            if self.replicas > 1:
+                parts = np.array_split(np.arange(len(whole)), self.replicas)
+                for replica in self.local_replicas:
+                    part = parts[replica]
+                    weight = np.full(len(part), self.replicas * len(part) / len(whole),
+                                     np.float32)
+                    yield x[part], self.y[whole[part]], weight
+                continue
             if k == 1:
                 yield x, self.y[whole]
                 continue
@@ -318,13 +359,78 @@ class SeededBatches:
 
         signature = (tf.TensorSpec([None, *self.x.shape[1:]], tf.float32),
                      tf.TensorSpec([None], tf.int64))
-        if self.accumulation_steps > 1:
+        if self.accumulation_steps > 1 or self.replicas > 1:
             signature += (tf.TensorSpec([None], tf.float32),)
         dataset = tf.data.Dataset.from_generator(
             lambda: self.batches(self.epoch), output_signature=signature)
         if self.constant:
             dataset = dataset.apply(tf.data.experimental.assert_cardinality(len(self)))
         return dataset.prefetch(2)
+
+
+def fit_input(data, strategy):
+    """What `fit` reads from `data` (a `SeededBatches`) under `strategy`.
+
+    The dataset itself, which Keras splits over a machine's replicas; under
+    `tf.distribute.MultiWorkerMirroredStrategy` a distributed dataset in which
+    every worker makes only its own replicas' parts of each batch
+    (`SeededBatches.shard`): the same batches, in the same order, as one
+    process would train on, whatever the number of workers.
+    """
+    import tensorflow as tf
+
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return data.as_dataset()
+
+    def dataset_fn(context):  # called once per worker, in that worker
+        local = context.num_replicas_in_sync // context.num_input_pipelines
+        first = context.input_pipeline_id * local
+        data.shard(context.num_replicas_in_sync, range(first, first + local))
+        return data.as_dataset()
+
+    return strategy.distribute_datasets_from_function(dataset_fn)
+
+
+def _fit_across_workers(model, strategy):
+    """Lets Keras 3 ``fit`` train `model` under `MultiWorkerMirroredStrategy`.
+
+    Keras 3.15 ``fit`` fails there twice (keras-team/keras#20585):
+
+    * before its first step it builds the model from one batch averaged over
+      the replicas with ``strategy.reduce`` on the whole ``(x, y, w)`` tuple,
+      which the strategy refuses ("unsupported type PerReplica"). The model
+      builds from this worker's first replica's part instead: only the
+      shapes matter.
+    * after every step it averages the replicas' logs with
+      ``strategy.reduce("MEAN", v, axis=0)``, which fails on scalars. The
+      train step returns each scalar log as a vector of one, which that
+      reduce averages into the scalar.
+
+    The update itself (gradients summed across all replicas) is Keras' own.
+    """
+    import tensorflow as tf
+
+    step = model.train_step
+
+    def train_step(data):
+        return tf.nest.map_structure(
+            lambda t: tf.reshape(t, [1]) if tf.is_tensor(t) and t.shape.rank == 0 else t,
+            step(data))
+
+    model.train_step = train_step
+
+    def build(iterator=None, data_batch=None):
+        if iterator is not None:
+            for _, _, batches in iterator:
+                data_batch = tf.nest.map_structure(
+                    lambda v: (strategy.experimental_local_results(v)[0]
+                               if isinstance(v, tf.distribute.DistributedValues) else v),
+                    next(batches))
+                break
+        with strategy.scope():
+            model._symbolic_build(data_batch=data_batch)
+
+    model._maybe_symbolic_build = build
 
 
 # --------------------------------------------------------------- callbacks
@@ -399,8 +505,9 @@ def _build(network, info, bn_eval, synchronized):
                          bn_eval=bn_eval, synchronized=synchronized)
 
 
-def initial_point(path, network, info, *, seed, bn_eval="batch"):
-    """Loads x0 from `path`, or builds it from `seed` and saves it there.
+def initial_point(path, network, info, *, seed, bn_eval="batch", save=True):
+    """Loads x0 from `path`, or builds it from `seed` and saves it there
+    (unless `save` is False).
 
     Returns:
         The x0 model (uncompiled).
@@ -418,7 +525,8 @@ def initial_point(path, network, info, *, seed, bn_eval="batch"):
         return model
     keras.utils.set_random_seed(int(seed))
     model = _build(network, info, bn_eval, synchronized=False)
-    io.save_model(model, path)
+    if save:
+        io.save_model(model, path)
     return model
 
 
@@ -511,6 +619,9 @@ def train_minimizer(x0, network, info, x_train, y_train, *, batch_size, out_path
     if k > batch_size:
         raise UserError(f"accumulation_steps {k} is larger than the {run_name} "
                         f"batch size {batch_size}")
+    if k > 1 and isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        raise UserError("gradient accumulation (--accumulation_steps) does not work across "
+                        "workers in Keras 3; use a smaller global batch or more workers")
     if batch_size % strategy.num_replicas_in_sync:
         raise UserError(f"{run_name} batch size {batch_size} is not divisible by the "
                         f"{strategy.num_replicas_in_sync} replicas of --strategy")
@@ -580,6 +691,8 @@ def train_minimizer(x0, network, info, x_train, y_train, *, batch_size, out_path
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                       metrics=["accuracy"])
 
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        _fit_across_workers(model, strategy)
     data = SeededBatches(x_train, y_train, schedule, seed=seed, accumulation_steps=k,
                          augment=augmentation)
     stop_rule = {"monitor": convergence.MONITOR_KEY, "until_converged": bool(until_converged),
@@ -611,7 +724,7 @@ def train_minimizer(x0, network, info, x_train, y_train, *, batch_size, out_path
     monitor = convergence.TrainingSetMonitor(
         objective, plain, best_path, history, until_converged=until_converged,
         patience=int(patience), min_delta=float(min_delta),
-        relative_min_delta=float(relative_min_delta))
+        relative_min_delta=float(relative_min_delta), write=chief)
     if diverged_before is not None:
         monitor.diverged = (int(diverged_before["epoch"]), None,
                             float(diverged_before.get("loss", float("nan"))))
@@ -619,7 +732,7 @@ def train_minimizer(x0, network, info, x_train, y_train, *, batch_size, out_path
     # weights, then the history is written, then the backup marks the epoch
     # finished. A kill between them repeats that epoch identically.
     capped = remedies.batch_increase and schedule.max_batch is not None
-    all_callbacks = [FollowEpoch(data, rate_plan["peak"] if capped else None), monitor, history, CrashSafeBackup(backup_dir),
+    all_callbacks = [FollowEpoch(data, rate_plan["peak"] if capped else None), monitor, history, CrashSafeBackup(backup_dir, write=chief),
                      *callbacks]
 
     if verbose:
@@ -631,9 +744,10 @@ def train_minimizer(x0, network, info, x_train, y_train, *, batch_size, out_path
     with warnings.catch_warnings():
         if not data.constant:  # each epoch of a growing batch ends when its data does
             warnings.filterwarnings("ignore", message="Your input ran out of data")
-        model.fit(data.as_dataset(), epochs=cap, shuffle=False, verbose=verbose,
+        model.fit(fit_input(data, strategy), epochs=cap, shuffle=False, verbose=verbose,
                   callbacks=all_callbacks)
 
+    barrier(strategy)  # every worker reads the chief's best weights once written
     kept_epoch = convergence.best_epoch(history.epochs)
     if monitor.diverged is not None or kept_epoch is None:
         epoch, step, loss = monitor.diverged or (len(history.epochs), None, float("nan"))
@@ -654,6 +768,7 @@ def train_minimizer(x0, network, info, x_train, y_train, *, batch_size, out_path
         raise CheckpointError(f"{best_path} holds epoch {stored['epoch']}, not the best "
                               f"epoch {kept_epoch} of {history_path}; delete {backup_dir} "
                               f"and train again")
+    barrier(strategy)  # ... and before the chief removes them
     trained = builder(False)
     trained.set_weights(best_weights)
     kept_weights = objective.flatten([np.asarray(v) for v in trained.trainable_variables])
@@ -679,8 +794,17 @@ def train_minimizer(x0, network, info, x_train, y_train, *, batch_size, out_path
               f"kept epoch {kept_epoch}: training f={kept['f']:.4g}, accuracy "
               f"{100 * kept['accuracy']:.2f} %, |grad f|={kept['gradient_norm']:.3g}",
               flush=True)
-    _remove_tree(backup_dir)
+    if chief:
+        _remove_tree(backup_dir)
     return trained
+
+
+def barrier(strategy):
+    """Waits until every worker of a multi-worker `strategy` gets here (else nothing)."""
+    import tensorflow as tf
+
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        strategy.reduce("SUM", strategy.run(lambda: tf.constant(1.0)), axis=None)
 
 
 def _remove_tree(path):
@@ -893,13 +1017,18 @@ def train_sb_lb(data, settings, workdir, *, verbose=1, callbacks=()):
     record = run_manifest(resolved, data.info, lb_batch_size_requested=lb_requested,
                           status="training")
     chief = is_chief(strategy)
-    with run.open():
+    # Only the chief holds the directory and writes; the other workers read
+    # it (it must be on a file system they all see) and compute the same.
+    with run.open() if chief else contextlib.nullcontext():
         if chief:
             run.claim(record, identity=recorded_identity, strict=STRICT_KEYS)
-        else:
+            x0 = initial_point(run.model("x0"), t.network, data.info, seed=t.seed,
+                               bn_eval=t.bn_eval)
+        barrier(strategy)  # the chief's run.json and x0 first
+        if not chief:
             check_workdir(run, record)
-        x0 = initial_point(run.model("x0"), t.network, data.info, seed=t.seed,
-                           bn_eval=t.bn_eval)
+            x0 = initial_point(run.model("x0"), t.network, data.info, seed=t.seed,
+                               bn_eval=t.bn_eval, save=False)
         models = {"x0": x0}
         for name, batch, k in (("sb", sb, 1), ("lb", lb, t.accumulation_steps)):
             out = run.model(name)

@@ -1,0 +1,172 @@
+"""Two `MultiWorkerMirroredStrategy` workers on 127.0.0.1, for real.
+
+Each test starts two processes of tests/multiworker_worker.py, each with its
+own TF_CONFIG (two free loopback ports, CPU collectives), as two machines
+would run them; nothing else of the cluster is simulated.
+"""
+
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+
+import numpy as np
+
+HERE = pathlib.Path(__file__).parent
+WORKER = HERE / "multiworker_worker.py"
+TIMEOUT = 240  # seconds a whole cluster may take; a hang fails the test
+
+
+def free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def environment(tf_config=None):
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env.pop("TF_CONFIG", None)
+    if tf_config is not None:
+        env["TF_CONFIG"] = json.dumps(tf_config)
+    return env
+
+
+def run_alone(workdir):
+    done = subprocess.run([sys.executable, str(WORKER), str(workdir), "default"],
+                          env=environment(), capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def run_cluster(workdir, mode="multiworker", kill=None):
+    """Starts worker 0 (the chief) and worker 1; returns their exit codes and logs.
+
+    `kill` = (epoch, batch): worker 1 kills itself there (SIGKILL).
+    """
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
+    workers = []
+    for index in range(2):
+        argv = [sys.executable, str(WORKER), str(workdir), mode]
+        if kill is not None and index == 1:
+            argv += [str(k) for k in kill]
+        config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
+        workers.append(subprocess.Popen(argv, env=environment(config), text=True,
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+    codes, logs = [], []
+    try:
+        for worker in workers:
+            logs.append(worker.communicate(timeout=TIMEOUT)[0])
+            codes.append(worker.returncode)
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+    return codes, logs
+
+
+def load(workdir):
+    from keras_sharpness import io
+
+    return io.load_model(pathlib.Path(workdir) / "lb.keras")
+
+
+def history(workdir):
+    return json.loads((pathlib.Path(workdir) / "lb_history.json").read_text())
+
+
+def test_two_workers_train_as_one_process_writes_once_and_resume_after_a_kill(tmp_path):
+    sys.path.insert(0, str(HERE))
+    from multiworker_worker import EPOCHS, data
+
+    alone, together, killed = tmp_path / "alone", tmp_path / "together", tmp_path / "killed"
+    run_alone(alone)
+    codes, logs = run_cluster(together)
+    assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+
+    # The same global batch of 64: one process, or 2 workers x 32 with synchronized BN.
+    one, two = history(alone), history(together)
+    assert (one["replicas"], two["replicas"]) == (1, 2)
+    assert two["strategy"] == "CollectiveAllReduceStrategy"  # tf.distribute.MultiWorker...
+    f_one = [e["train_f"] for e in one["epochs"]]
+    f_two = [e["train_f"] for e in two["epochs"]]
+    assert len(f_two) == EPOCHS and f_two[-1] < f_two[0]
+    np.testing.assert_allclose(f_two, f_one, rtol=1e-6)
+    x, _ = data()
+    model_one, model_two = load(alone), load(together)
+    np.testing.assert_allclose(model_two.predict(x, verbose=0), model_one.predict(x, verbose=0),
+                               rtol=1e-4, atol=1e-4)
+    for a, b in zip(model_one.weights, model_two.weights):
+        # A Dense bias right before BN has no gradient (BN subtracts it): Adam
+        # turns its rounding noise into full steps, and BN cancels it again.
+        if a.path.startswith("dense") and a.path.endswith("bias"):
+            continue
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-3, atol=1e-5,
+                                   err_msg=a.path)
+
+    # Only the chief (worker 0) wrote: one process's list of writes.
+    writers = list((together / "writes").iterdir())
+    assert len(writers) == 1
+    written = writers[0].read_text().split()
+    assert {pathlib.Path(p).name for p in written} >= {"lb.keras", "lb_history.json",
+                                                      "best.npz", "backup.json"}
+
+    # Worker 1 dies in epoch 2; the chief notices (missed heartbeats) and stops.
+    codes, logs = run_cluster(killed, kill=(2, 2))
+    assert codes[1] == -signal.SIGKILL
+    assert codes[0] != 0, "the chief should stop when a worker dies"
+    assert not (killed / "lb.keras").exists()
+    assert json.loads((killed / "backup" / "backup.json").read_text())["epoch"] == 1
+    # The same command on both machines resumes at epoch 2 ...
+    codes, logs = run_cluster(killed)
+    assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    # ... and ends where the uninterrupted cluster ended.
+    assert [e["train_f"] for e in history(killed)["epochs"]] == f_two
+    for a, b in zip(load(together).weights, load(killed).weights):
+        np.testing.assert_array_equal(np.asarray(b), np.asarray(a), err_msg=a.path)
+
+
+def test_measurements_across_two_workers_equal_one_process(tmp_path):
+    codes, logs = run_cluster(tmp_path, mode="measure")
+    assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    for task in (0, 1):
+        differences = json.loads((tmp_path / f"measure-{task}.json").read_text())
+        assert differences.pop("replicas") == 2
+        # Metric 2.1 of `sweep` across the workers, as one process computes it.
+        assert abs(differences.pop("sweep_phi") / differences.pop("phi_one") - 1) <= 1e-6
+        assert set(differences) == {"value", "gradient", "hvp", "phi", "lambda_max", "trace"}
+        for name, relative in differences.items():
+            assert relative <= 1e-6, (task, name, relative)
+    # Only the chief wrote the record store and the landscape figure; the
+    # other worker drew its copy of the figure in a temporary folder.
+    chief, other = sorted(([pathlib.Path(p) for p in log.read_text().split()]
+                           for log in (tmp_path / "writes").iterdir()),
+                          key=lambda written: tmp_path / "sharpness.json" not in written)
+    assert tmp_path / "sharpness.json" in chief
+    assert any(p.parent == tmp_path / "figures" for p in chief)
+    assert other and not any(tmp_path in p.parents for p in other)
+    records = json.loads((tmp_path / "sharpness.json").read_text())
+    assert sorted(r.get("measure", "sharpness") for r in records) == ["landscape", "sharpness"]
+
+
+def test_a_lost_worker_is_one_line_and_says_how_to_resume(tmp_path):
+    script = tmp_path / "lost.py"
+    script.write_text(
+        "import tensorflow as tf\n"
+        "from keras_sharpness import cli\n"
+        "def main(argv):\n"
+        "    raise tf.errors.UnavailableError(None, None, 'Collective ops is aborted by: "
+        "task 1 stopped sending heartbeats')\n"
+        "cli.run(main)\n")
+    done = subprocess.run([sys.executable, str(script)], env=environment(),
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 1
+    lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in done.stderr
+    assert "start the same command on every worker again to resume" in lines[0]
