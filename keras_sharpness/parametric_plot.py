@@ -49,13 +49,20 @@ def run(settings, **keywords):
     figures_dir = io.ensure_writable_dir(settings.figures_dir, "--figures_dir")
 
     # One owner per work directory: a second process is refused at once.
-    with runs.RunDir(workdir, what=f"--workdir {workdir}").open() as run:
+    # Across machines only the chief owns it; the other workers train with it.
+    chief = training.is_chief_process(settings.training.strategy)
+    with runs.RunDir(workdir, what=f"--workdir {workdir}").open(read_only=not chief) as run:
         training.make_deterministic(settings.training.seed)
         wanted = settings.data
         data = data_lib.load_arrays(wanted.dataset, data_dir=wanted.data_dir,
                                     train_size=wanted.train_size, test_size=wanted.test_size,
                                     seed=wanted.seed)
         models = training.train_sb_lb(data, settings.run, run, verbose=verbose)
+        if not chief:
+            if verbose:
+                print("SB and LB trained; the chief sweeps the path and writes the results",
+                      flush=True)
+            return {"result": None, "json": None, "pdf": None, "png": None}
 
         if verbose:
             print(f"parametric plot: {sweep.num_points} points, alpha in "

@@ -162,16 +162,22 @@ class RunDir:
         return os.path.realpath(self.path)
 
     @contextlib.contextmanager
-    def open(self):
+    def open(self, read_only=False):
         """Holds the directory for the ``with`` block; yields the `RunDir`.
 
         Takes the lock (a second process is refused), then removes the
         temporary files a killed owner left. Re-entrant within a process: a
         directory already held (e.g. by `hold`, or by a caller) is simply used.
+        With `read_only` (a non-chief worker of
+        `tf.distribute.MultiWorkerMirroredStrategy`, which reads what the
+        chief writes) it takes no lock and touches nothing.
 
         Raises:
             UserError: another live process holds it (one line naming its pid).
         """
+        if read_only:
+            yield self
+            return
         key = self._key()
         if key in _OPEN:
             _OPEN[key] += 1
@@ -189,10 +195,11 @@ class RunDir:
             finally:
                 del _OPEN[key]
 
-    def hold(self):
-        """Holds the directory until the process exits (for entry points)."""
+    def hold(self, read_only=False):
+        """Holds the directory until the process exits (for entry points);
+        with `read_only`, see `open`."""
         stack = contextlib.ExitStack()
-        stack.enter_context(self.open())
+        stack.enter_context(self.open(read_only))
         _HELD.append(stack)
         return self
 

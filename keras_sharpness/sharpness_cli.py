@@ -164,14 +164,14 @@ def compute(*, models, data, network, output, eps, subspace_dim=0, maxiter=10, s
     io.ensure_writable_dir(output.parent, "output directory")
     # Checkpoints are loaded (a bad one refused) before the possibly slow data
     # load, which happens only if some record must be computed.
-    from keras_sharpness.training import make_strategy
+    from keras_sharpness.training import is_chief_process, make_strategy
 
     done = sweep(models, lambda: load_arrays(**data), settings, output, network=network,
                  dataset=data["source"], overwrite=overwrite, echo=echo,
                  strategy=None if strategy == "default" else make_strategy(strategy))
     for line in format_table(done):
         echo(line)
-    echo(f"wrote {output}")
+    echo(f"wrote {output}" if is_chief_process(strategy) else f"the chief writes {output}")
     return done
 
 

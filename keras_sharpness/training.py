@@ -83,7 +83,6 @@ counter is part of the per-epoch backup, so a resumed run continues on the
 same learning-rate curve.
 """
 
-import contextlib
 import dataclasses
 import os
 import pathlib
@@ -224,6 +223,13 @@ def make_strategy(name):
                                 f"anything (make_strategy('multiworker') first): {e}") from None
         return _MULTIWORKER
     raise UserError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+
+
+def is_chief_process(name):
+    """`is_chief` of the strategy called `name`: False only on a non-chief
+    worker of ``multiworker`` (the commands ask before they open a work
+    directory, which only the chief holds)."""
+    return name != "multiworker" or is_chief(make_strategy(name))
 
 
 def is_chief(strategy):
@@ -1019,7 +1025,7 @@ def train_sb_lb(data, settings, workdir, *, verbose=1, callbacks=()):
     chief = is_chief(strategy)
     # Only the chief holds the directory and writes; the other workers read
     # it (it must be on a file system they all see) and compute the same.
-    with run.open() if chief else contextlib.nullcontext():
+    with run.open(read_only=not chief):
         if chief:
             run.claim(record, identity=recorded_identity, strict=STRICT_KEYS)
             x0 = initial_point(run.model("x0"), t.network, data.info, seed=t.seed,
@@ -1060,8 +1066,9 @@ def train_sb_lb(data, settings, workdir, *, verbose=1, callbacks=()):
     return models
 
 
-__all__ = ["KIND", "STRATEGIES", "SeededBatches", "TrainingDivergedError", "canonical_source",
-           "check_workdir", "epoch_permutation", "initial_point",
+__all__ = ["KIND", "STRATEGIES", "SeededBatches", "TrainingDivergedError", "barrier",
+           "canonical_source", "check_workdir", "epoch_permutation", "fit_input",
+           "initial_point", "is_chief", "is_chief_process",
            "make_deterministic", "make_strategy", "read_history", "recorded_identity",
            "resolve_batch_size", "run_identity", "run_manifest", "train_longer_epochs",
            "train_minimizer", "train_sb_lb"]

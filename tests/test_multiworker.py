@@ -170,3 +170,40 @@ def test_a_lost_worker_is_one_line_and_says_how_to_resume(tmp_path):
     lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "Traceback" not in done.stderr
     assert "start the same command on every worker again to resume" in lines[0]
+
+
+def test_the_commands_across_two_workers(tmp_path):
+    """plot_parametric_plot.py and compute_sharpness.py, the same command on
+    both workers: only the chief holds and writes the work directory."""
+    repo, workdir = HERE.parent, tmp_path / "run"
+    logged = ("import runpy, sys; sys.path.insert(0, {tests!r}); import multiworker_worker; "
+              "multiworker_worker.log_writes({writes!r}); sys.argv = sys.argv[1:]; "
+              "runpy.run_path(sys.argv[0], run_name='__main__')")
+    commands = (
+        ["plot_parametric_plot.py", "-n", "F1", "--dataset=digits", "--epochs=1",
+         "--num_points=3", "--sb_batch_size=64", "--lb_batch_size=144", "--verbose=0"],
+        ["compute_sharpness.py", "--dataset=digits", "--maxiter=2"])
+    for number, command in enumerate(commands):
+        writes = tmp_path / f"writes{number}"
+        code = logged.format(tests=str(HERE), writes=str(writes))
+        cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
+        workers = [subprocess.Popen(
+            [sys.executable, "-c", code, *command, f"--workdir={workdir}",
+             "--strategy=multiworker"], cwd=repo, text=True, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=environment({"cluster": cluster, "task": {"type": "worker", "index": i}}))
+            for i in range(2)]
+        try:
+            logs = [w.communicate(timeout=TIMEOUT)[0] for w in workers]
+        finally:
+            for w in workers:
+                if w.poll() is None:
+                    w.kill()
+        assert [w.returncode for w in workers] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
+        writers = list(writes.iterdir())
+        assert len(writers) == 1, "only the chief writes"
+        written = {pathlib.Path(p).name for p in writers[0].read_text().split()}
+        assert written >= ({"run.json", "sb.keras", "lb.keras", "parametric.json", "F1.pdf"}
+                           if number == 0 else {"sharpness.json"})
+    records = json.loads((workdir / "sharpness.json").read_text())
+    assert sorted(r["model"] for r in records) == ["LB", "SB"]
