@@ -356,21 +356,14 @@ class TrainingLoss:
     def loss_and_accuracy(self, w, non_trainable=None):
         """(f(w), accuracy): mean cross-entropy and fraction classified right."""
         trainable, fixed = self._tensors(w, non_trainable)
-        loss, correct = 0.0, 0.0
-        for batch_loss, batch_correct in self._per_batch(self._loss_fn, trainable, fixed):
-            loss += float(batch_loss)
-            correct += float(batch_correct)
-        return loss / self.num_samples, correct / self.num_samples
+        loss, correct = _sum_in_order(self._per_batch(self._loss_fn, trainable, fixed))
+        return float(loss) / self.num_samples, float(correct) / self.num_samples
 
     def value_and_gradient(self, w, non_trainable=None):
         """(f(w), grad f(w)): the gradient is a float64 vector (`tf.GradientTape`)."""
         trainable, fixed = self._tensors(w, non_trainable)
-        loss = 0.0
-        gradient = np.zeros(self.num_params)
-        for batch_loss, batch_gradient in self._per_batch(self._gradient_fn, trainable, fixed):
-            loss += float(batch_loss)
-            gradient += batch_gradient.numpy()
-        return loss / self.num_samples, gradient / self.num_samples
+        loss, gradient = _sum_in_order(self._per_batch(self._gradient_fn, trainable, fixed))
+        return float(loss) / self.num_samples, gradient.numpy() / self.num_samples
 
     def gradient(self, w, non_trainable=None):
         """grad f(w) as a float64 vector."""
@@ -385,10 +378,9 @@ class TrainingLoss:
         trainable, fixed = self._tensors(w, non_trainable)
         tangents = [tf.constant(part, dtype=tf.float32)
                     for part in self.unflatten(self._check_vector(v, "v"))]
-        product = np.zeros(self.num_params)
-        for batch_product in self._per_batch(self._hvp_fn, trainable, tangents, fixed):
-            product += batch_product.numpy()
-        return product / self.num_samples
+        (product,) = _sum_in_order((p,) for p in self._per_batch(
+            self._hvp_fn, trainable, tangents, fixed))
+        return product.numpy() / self.num_samples
 
     def _per_batch(self, function, *args):
         """``function(*args, xb, yb)`` of every fixed batch, in batch order.
@@ -672,6 +664,21 @@ class TrainingLoss:
         self._loss_fn = tf.function(loss_fn, input_signature=[weights, fixed, *data])
         self._gradient_fn = tf.function(gradient_fn, input_signature=[weights, fixed, *data])
         self._hvp_fn = tf.function(hvp_fn, input_signature=[weights, weights, fixed, *data])
+
+
+def _sum_in_order(results):
+    """Per-field float64 sums of per-batch result tuples, added in batch order.
+
+    The sums stay tensors until the caller reads them: no batch waits for
+    the one before it to reach Python, and the float64 additions are the
+    ones NumPy would make, in the same order (IEEE addition), so the values
+    are those of summing in NumPy.
+    """
+    totals = None
+    for result in results:
+        parts = [tf.cast(part, tf.float64) for part in result]
+        totals = parts if totals is None else [a + b for a, b in zip(totals, parts)]
+    return totals
 
 
 def _check_compatible(model, x, y):

@@ -328,29 +328,43 @@ class SeededBatches:
         the batches times this worker's replicas."""
         return self.num_batches * self.accumulation_steps * len(self.local_replicas)
 
-    def batches(self, epoch):
-        """Yields the (x, y) or (x, y, sample_weight) batches of one epoch."""
+    def elements(self, epoch):
+        """Yields ``(batch, whole, part, weight)`` for every element of epoch `epoch`.
+
+        `whole` holds the samples (rows of `x`) of batch number `batch`;
+        the element is ``whole[part]`` (`part`: positions, or None for all of
+        it) with sample weights `weight` (None where every weight is 1: no
+        micro-batches, no `shard`).
+        """
         order = epoch_permutation(len(self.x), self.seed, epoch)
         k, size = self.accumulation_steps, self.batch_size_at(epoch)
         for batch in range(self.batches_in(epoch)):
             whole = order[batch * size:(batch + 1) * size]
-            x = self.x[whole]
-            if self.augment is not None:
-                x = self.augment(x, remedies_lib.augmentation_key(self.seed, epoch, batch))
             if self.replicas > 1:
                 parts = np.array_split(np.arange(len(whole)), self.replicas)
-                for replica in self.local_replicas:
-                    part = parts[replica]
-                    weight = np.full(len(part), self.replicas * len(part) / len(whole),
-                                     np.float32)
-                    yield x[part], self.y[whole[part]], weight
+                cuts, scale = [parts[replica] for replica in self.local_replicas], self.replicas
+            elif k == 1:
+                yield batch, whole, None, None
                 continue
-            if k == 1:
-                yield x, self.y[whole]
-                continue
-            for part in np.array_split(np.arange(len(whole)), k):
-                weight = np.full(len(part), k * len(part) / len(whole), np.float32)
-                yield x[part], self.y[whole[part]], weight
+            else:
+                cuts, scale = np.array_split(np.arange(len(whole)), k), k
+            for part in cuts:
+                yield batch, whole, part, np.full(len(part), scale * len(part) / len(whole),
+                                                  np.float32)
+
+    def batches(self, epoch):
+        """Yields the (x, y) or (x, y, sample_weight) batches of one epoch."""
+        augmented = (None, None)  # (batch, its augmented inputs): once per batch
+        for batch, whole, part, weight in self.elements(epoch):
+            rows = whole if part is None else whole[part]
+            if self.augment is None:
+                x = self.x[rows]
+            else:
+                if augmented[0] != batch:
+                    augmented = (batch, self.augment(
+                        self.x[whole], remedies_lib.augmentation_key(self.seed, epoch, batch)))
+                x = augmented[1] if part is None else np.asarray(augmented[1])[part]
+            yield (x, self.y[rows]) if weight is None else (x, self.y[rows], weight)
 
     def as_dataset(self):
         """A `tf.data.Dataset` of the batches of epoch `self.epoch` (read per pass).
@@ -367,8 +381,19 @@ class SeededBatches:
                      tf.TensorSpec([None], tf.int64))
         if self.accumulation_steps > 1 or self.replicas > 1:
             signature += (tf.TensorSpec([None], tf.float32),)
-        dataset = tf.data.Dataset.from_generator(
-            lambda: self.batches(self.epoch), output_signature=signature)
+        if self.augment is not None:
+            dataset = tf.data.Dataset.from_generator(
+                lambda: self.batches(self.epoch), output_signature=signature)
+        else:
+            # Only the sample indices pass through Python; TensorFlow gathers
+            # the rows (those of `batches`), which spares large batches a trip
+            # through the generator (BENCHMARKS.md).
+            x, y = tf.constant(self.x), tf.constant(self.y)
+            indices = tf.data.Dataset.from_generator(
+                lambda: ((rows if part is None else rows[part],) + (() if w is None else (w,))
+                         for _, rows, part, w in self.elements(self.epoch)),
+                output_signature=(tf.TensorSpec([None], tf.int64), *signature[2:]))
+            dataset = indices.map(lambda i, *w: (tf.gather(x, i), tf.gather(y, i), *w))
         if self.constant:
             dataset = dataset.apply(tf.data.experimental.assert_cardinality(len(self)))
         return dataset.prefetch(2)
