@@ -25,3 +25,19 @@ def median_seconds(fn, repeats, *, warm_up=True):
         fn()
         times.append(time.perf_counter() - t)
     return statistics.median(times)
+
+
+def alternating_medians(fns, repeats):
+    """Median wall time of each of `fns`, timed in turn (one call of each per
+    round, after one untimed call of each): a change in the machine's load
+    during the run then falls on all of them alike, which sequential blocks
+    of repeats do not give on a shared machine."""
+    for fn in fns:
+        fn()
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, spent in zip(fns, times):
+            t = time.perf_counter()
+            fn()
+            spent.append(time.perf_counter() - t)
+    return [statistics.median(spent) for spent in times]
