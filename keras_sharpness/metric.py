@@ -89,12 +89,12 @@ class FullSpace:
         self.n = self.p = int(n)
 
     def matvec(self, y):
-        """A y."""
-        return np.array(y, dtype=np.float64)
+        """A y: `y` itself (float64), no copy; callers add it to a point."""
+        return np.asarray(y, dtype=np.float64)
 
     def rmatvec(self, g):
-        """A^T g."""
-        return np.array(g, dtype=np.float64)
+        """A^T g: `g` itself (float64), no copy."""
+        return np.asarray(g, dtype=np.float64)
 
     def pseudo_inverse_times(self, x):
         """A+ x."""
