@@ -92,6 +92,46 @@ def test_seeded_batches_cover_each_epoch_and_weights_average_to_the_batch_mean()
         np.testing.assert_allclose(np.mean(values), xb.mean(), rtol=1e-6)
 
 
+def test_shards_are_the_replicas_parts_of_each_batch_and_average_to_its_mean():
+    x = np.arange(50, dtype=np.float32)[:, None]
+    y = np.arange(50)
+    whole = list(training.SeededBatches(x, y, 16, seed=3).batches(1))
+    shards = [list(training.SeededBatches(x, y, 16, seed=3).shard(3, [r]).batches(1))
+              for r in range(3)]
+    # 50 = 3 x 16 + 2: the last batch has fewer samples than the 3 replicas.
+    assert len(whole) == 4 and all(len(s) == 3 for s in shards)
+    for i in range(3):
+        parts = [s[i] for s in shards]
+        np.testing.assert_array_equal(np.concatenate([p[1] for p in parts]), whole[i][1])
+        # Keras: each replica's weighted mean loss, summed over replicas / 3.
+        values = [np.sum(p[2] * p[0][:, 0]) / len(p[0]) for p in parts]
+        np.testing.assert_allclose(np.sum(values) / 3, whole[i][0].mean(), rtol=1e-6)
+    # A worker of two replicas yields both parts of each batch, in order.
+    two = training.SeededBatches(x, y, 16, seed=3).shard(3, [1, 2])
+    assert len(two) == 6
+    assert [b[1].tolist() for b in two.batches(1)] == [
+        shards[r][i][1].tolist() for i in range(3) for r in (1, 2)]
+
+
+@pytest.mark.parametrize("options", [{}, {"accumulation_steps": 3}, {"replicas": 2}])
+def test_the_dataset_gathers_the_batches_of_the_generator(options):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(70, 3, 2)).astype(np.float32)
+    y = rng.integers(0, 5, 70)
+    replicas = options.pop("replicas", 1)
+    batches = training.SeededBatches(x, y, 20, seed=4, **options)
+    if replicas > 1:
+        batches.shard(replicas, [1])
+    batches.epoch = 2
+    expected = list(batches.batches(2))
+    got = list(batches.as_dataset().as_numpy_iterator())
+    assert len(got) == len(expected) == len(batches)
+    for a, b in zip(got, expected):
+        assert len(a) == len(b)
+        for u, v in zip(a, b):
+            np.testing.assert_array_equal(u, v)
+
+
 def test_converged_pins_the_patience_rule():
     from keras_sharpness.convergence import converged
 
