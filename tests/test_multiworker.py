@@ -39,13 +39,16 @@ def environment(tf_config=None):
 
 
 def run_alone(workdir):
-    done = subprocess.run([sys.executable, str(WORKER), str(workdir), "default"],
-                          env=environment(), capture_output=True, text=True, timeout=TIMEOUT)
-    assert done.returncode == 0, done.stdout + done.stderr
+    """The same training in this process, on one device."""
+    sys.path.insert(0, str(HERE))
+    import multiworker_worker
+
+    multiworker_worker.main(str(workdir), "default")
 
 
 def run_cluster(workdir, mode="multiworker", kill=None):
-    """Starts worker 0 (the chief) and worker 1; returns their exit codes and logs.
+    """Starts worker 0 (the chief) and worker 1; returns their exit codes, logs
+    and process ids.
 
     `kill` = (epoch, batch): worker 1 kills itself there (SIGKILL).
     """
@@ -68,7 +71,7 @@ def run_cluster(workdir, mode="multiworker", kill=None):
             if worker.poll() is None:
                 worker.kill()
                 worker.wait()
-    return codes, logs
+    return codes, logs, [worker.pid for worker in workers]
 
 
 def load(workdir):
@@ -81,16 +84,25 @@ def history(workdir):
     return json.loads((pathlib.Path(workdir) / "lb_history.json").read_text())
 
 
-def test_two_workers_train_as_one_process_writes_once_and_resume_after_a_kill(tmp_path):
+def test_two_workers_resume_after_a_kill_and_train_as_one_process_writing_once(tmp_path):
     sys.path.insert(0, str(HERE))
     from multiworker_worker import EPOCHS, data
 
-    alone, together, killed = tmp_path / "alone", tmp_path / "together", tmp_path / "killed"
+    alone, together = tmp_path / "alone", tmp_path / "together"
     run_alone(alone)
-    codes, logs = run_cluster(together)
+
+    # Worker 1 dies in epoch 2; the chief notices (missed heartbeats) and stops.
+    codes, logs, first = run_cluster(together, kill=(2, 2))
+    assert codes[1] == -signal.SIGKILL, logs[1][-3000:]
+    assert codes[0] != 0, "the chief should stop when a worker dies"
+    assert not (together / "lb.keras").exists()
+    assert json.loads((together / "backup" / "backup.json").read_text())["epoch"] == 1
+    # The same command on both machines resumes at epoch 2 ...
+    codes, logs, second = run_cluster(together)
     assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
 
-    # The same global batch of 64: one process, or 2 workers x 32 with synchronized BN.
+    # ... and ends where one process ends, with the same global batch of 64
+    # (here 2 workers x 32 with synchronized BN): every epoch's f, and the model.
     one, two = history(alone), history(together)
     assert (one["replicas"], two["replicas"]) == (1, 2)
     assert two["strategy"] == "CollectiveAllReduceStrategy"  # tf.distribute.MultiWorker...
@@ -110,36 +122,20 @@ def test_two_workers_train_as_one_process_writes_once_and_resume_after_a_kill(tm
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-3, atol=1e-5,
                                    err_msg=a.path)
 
-    # Only the chief (worker 0) wrote: one process's list of writes.
-    writers = list((together / "writes").iterdir())
-    assert len(writers) == 1
-    written = writers[0].read_text().split()
-    assert {pathlib.Path(p).name for p in written} >= {"lb.keras", "lb_history.json",
-                                                      "best.npz", "backup.json"}
-
-    # Worker 1 dies in epoch 2; the chief notices (missed heartbeats) and stops.
-    codes, logs = run_cluster(killed, kill=(2, 2))
-    assert codes[1] == -signal.SIGKILL
-    assert codes[0] != 0, "the chief should stop when a worker dies"
-    assert not (killed / "lb.keras").exists()
-    assert json.loads((killed / "backup" / "backup.json").read_text())["epoch"] == 1
-    # The same command on both machines resumes at epoch 2 ...
-    codes, logs = run_cluster(killed)
-    assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
-    # ... and ends where the uninterrupted cluster ended.
-    assert [e["train_f"] for e in history(killed)["epochs"]] == f_two
-    for a, b in zip(load(together).weights, load(killed).weights):
-        np.testing.assert_array_equal(np.asarray(b), np.asarray(a), err_msg=a.path)
+    # Only the chiefs (worker 0 of each launch) wrote.
+    writers = {int(log.stem) for log in (together / "writes").iterdir()}
+    assert writers == {first[0], second[0]}
+    written = {pathlib.Path(p).name for log in (together / "writes").iterdir()
+               for p in log.read_text().split()}
+    assert written >= {"lb.keras", "lb_history.json", "best.npz", "backup.json"}
 
 
 def test_measurements_across_two_workers_equal_one_process(tmp_path):
-    codes, logs = run_cluster(tmp_path, mode="measure")
+    codes, logs, _ = run_cluster(tmp_path, mode="measure")
     assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
     for task in (0, 1):
         differences = json.loads((tmp_path / f"measure-{task}.json").read_text())
         assert differences.pop("replicas") == 2
-        # Metric 2.1 of `sweep` across the workers, as one process computes it.
-        assert abs(differences.pop("sweep_phi") / differences.pop("phi_one") - 1) <= 1e-6
         assert set(differences) == {"value", "gradient", "hvp", "phi", "lambda_max", "trace"}
         for name, relative in differences.items():
             assert relative <= 1e-6, (task, name, relative)
@@ -152,7 +148,8 @@ def test_measurements_across_two_workers_equal_one_process(tmp_path):
     assert any(p.parent == tmp_path / "figures" for p in chief)
     assert other and not any(tmp_path in p.parents for p in other)
     records = json.loads((tmp_path / "sharpness.json").read_text())
-    assert sorted(r.get("measure", "sharpness") for r in records) == ["landscape", "sharpness"]
+    assert [r["measure"] for r in records] == ["landscape"]
+    assert np.isfinite(records[0]["value"])
 
 
 def test_a_lost_worker_is_one_line_and_says_how_to_resume(tmp_path):
@@ -180,9 +177,10 @@ def test_the_commands_across_two_workers(tmp_path):
               "multiworker_worker.log_writes({writes!r}); sys.argv = sys.argv[1:]; "
               "runpy.run_path(sys.argv[0], run_name='__main__')")
     commands = (
-        ["plot_parametric_plot.py", "-n", "F1", "--dataset=digits", "--epochs=1",
-         "--num_points=3", "--sb_batch_size=64", "--lb_batch_size=144", "--verbose=0"],
-        ["compute_sharpness.py", "--dataset=digits", "--maxiter=2"])
+        ["plot_parametric_plot.py", "-n", "F1", "--dataset=digits", "--train_size=400",
+         "--test_size=100", "--epochs=1", "--num_points=3", "--sb_batch_size=32",
+         "--lb_batch_size=80", "--verbose=0"],
+        ["compute_sharpness.py", "--dataset=digits", "--num_samples=200", "--maxiter=2"])
     for number, command in enumerate(commands):
         writes = tmp_path / f"writes{number}"
         code = logged.format(tests=str(HERE), writes=str(writes))
