@@ -233,13 +233,10 @@ def is_chief_process(name):
 
 
 def is_chief(strategy):
-    """Whether this process writes files (always, except non-chief workers)."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not getattr(resolver, "task_type", None):
-        return True
-    return resolver.task_type == "chief" or (
-        resolver.task_type == "worker" and resolver.task_id == 0
-        and "chief" not in resolver.cluster_spec().as_dict())
+    """Whether this process writes files: TensorFlow's
+    ``strategy.extended.should_checkpoint`` (False only on the non-chief
+    workers of a multi-worker strategy)."""
+    return bool(getattr(strategy.extended, "should_checkpoint", True))
 
 
 # -------------------------------------------------------------------- data
