@@ -228,9 +228,11 @@ class TrainingLoss:
         strategy: a `tf.distribute.MirroredStrategy` (or None): f, its
             gradient and Hessian-vector products then take R fixed batches at
             a time, one per replica (R = ``num_replicas_in_sync``, e.g. the
-            GPUs of a machine), and sum the per-batch results in batch order
-            in float64, exactly as on one device. The value of f does not
-            depend on it. Under a `tf.distribute.MultiWorkerMirroredStrategy`
+            GPUs of a machine), gather the per-batch results and sum them in
+            batch order in float64, as on one device (equal to ~1e-7
+            relative: the strategy runs inside a compiled function, which
+            fuses some operations differently). Under a
+            `tf.distribute.MultiWorkerMirroredStrategy`
             the replicas are those of every worker (each worker holds all
             the data and takes its replicas' batches); the per-batch results
             are gathered on every worker, so all of them return the same
@@ -393,7 +395,6 @@ class TrainingLoss:
         strategy, batches = self._strategy, self._batches
         replicas = 1 if strategy is None else strategy.num_replicas_in_sync
         whole = len(batches) - len(batches) % replicas if replicas > 1 else 0
-        workers = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
         for start in range(0, whole, replicas):
             group = batches[start:start + replicas]
 
@@ -403,16 +404,8 @@ class TrainingLoss:
             xb = strategy.experimental_distribute_values_from_function(per_replica)
             yb = strategy.experimental_distribute_values_from_function(
                 functools.partial(per_replica, part=1))
-            if not workers:
-                # A plain Python callable: strategy.run hands a tf.function the
-                # distributed values themselves, which its signature refuses.
-                results = strategy.run(lambda *values: function(*values), args=(*args, xb, yb))
-                for one in zip(*(strategy.experimental_local_results(r)
-                                 for r in tf.nest.flatten(results))):
-                    yield tf.nest.pack_sequence_as(results, list(one))
-                continue
-            # Across workers: every replica's result, gathered in replica
-            # (= batch) order on every worker, so all of them sum the same.
+            # Every replica's result, gathered in replica (= batch) order (on
+            # every worker, across workers: all of them sum the same).
             gathered = self._gathering(function)(*args, xb, yb)
             for replica in range(replicas):
                 yield tf.nest.map_structure(lambda g, i=replica: g[i], gathered)
@@ -420,8 +413,9 @@ class TrainingLoss:
             yield function(*args, xb, yb)
 
     def _gathering(self, function):
-        """``function`` run on every replica of a multi-worker strategy, its
-        results gathered along a new first axis (one compiled function each)."""
+        """``function`` run on every replica of the strategy, its results
+        gathered along a new first axis (one compiled function each: the
+        strategy runs inside it, not eagerly)."""
         key = ("gathering", function)
         if key not in self._lazy:
             strategy = self._strategy
