@@ -138,10 +138,6 @@ def common_from_flags(FLAGS, experiment):
     from keras_sharpness.training import canonical_source, make_deterministic
 
     run_settings = settings_from_flags(FLAGS)
-    if run_settings.training.strategy == "multiworker":
-        raise UserError("the experiments run on one machine; across machines, train each "
-                        "run with plot_parametric_plot.py --strategy=multiworker and measure "
-                        "with compute_sharpness.py --strategy=multiworker (docs/cluster.md)")
     check_remedies_apply(run_settings, experiment)
     network, wanted = run_settings.training.network, run_settings.data
     try:
