@@ -730,8 +730,9 @@ def sweep(models, data, settings, store, *, network=None, dataset=None, overwrit
             (`keras_sharpness.objective.TrainingLoss`); None: one device.
             Across workers every worker runs the same sweep and computes the
             same numbers; only the chief writes the store and the figures
-            (the others' figures go to a temporary folder), and all of them
-            decide what to reuse from the store as it was when they started.
+            (the others' figures go to a temporary folder). The others read
+            the store once the chief holds it, before it writes anything, so
+            all of them reuse the same records.
 
     Returns:
         The records of this sweep, in order: per model, its Metric 2.1
@@ -757,10 +758,12 @@ def sweep(models, data, settings, store, *, network=None, dataset=None, overwrit
             arrays.append(data())
         return arrays[0]
 
+    if not chief:  # read the store once the chief holds it (no earlier writer lives)
+        barrier(strategy)
     with store.open(), (contextlib.nullcontext(store.path.parent / "figures") if chief
                         else tempfile.TemporaryDirectory(prefix="ks-worker-")) as figures:
-        if strategy is not None:
-            barrier(strategy)  # every worker has read the store before any writes it
+        if chief and strategy is not None:
+            barrier(strategy)
         figures = pathlib.Path(figures)
         loaded = [(subject, _load(subject, settings)) for subject in chosen]
         versions = io.versions()

@@ -389,14 +389,21 @@ class TrainingLoss:
 
         Under a strategy with R replicas, R consecutive batches run at once,
         one per replica (`strategy.run`); their results come back one by one,
-        in batch order, so that callers sum them as on one device. Batches
-        left over (fewer than R) run on the default device.
+        in batch order, so that callers sum them as on one device. A last
+        group of fewer than R batches runs the same way, the spare replicas
+        repeating its first batch, whose repeats are dropped: every result
+        is a gathered one, the same on every worker.
         """
         strategy, batches = self._strategy, self._batches
-        replicas = 1 if strategy is None else strategy.num_replicas_in_sync
-        whole = len(batches) - len(batches) % replicas if replicas > 1 else 0
-        for start in range(0, whole, replicas):
+        if strategy is None or strategy.num_replicas_in_sync == 1:
+            for xb, yb in batches:
+                yield function(*args, xb, yb)
+            return
+        replicas = strategy.num_replicas_in_sync
+        for start in range(0, len(batches), replicas):
             group = batches[start:start + replicas]
+            real = len(group)  # the last group may be short: its other
+            group = group + [group[0]] * (replicas - real)  # replicas repeat a batch
 
             def per_replica(context, group=group, part=0):
                 return group[context.replica_id_in_sync_group][part]
@@ -407,10 +414,8 @@ class TrainingLoss:
             # Every replica's result, gathered in replica (= batch) order (on
             # every worker, across workers: all of them sum the same).
             gathered = self._gathering(function)(*args, xb, yb)
-            for replica in range(replicas):
+            for replica in range(real):  # the repeats are not summed
                 yield tf.nest.map_structure(lambda g, i=replica: g[i], gathered)
-        for xb, yb in batches[whole:]:
-            yield function(*args, xb, yb)
 
     def _gathering(self, function):
         """``function`` run on every replica of the strategy, its results

@@ -44,13 +44,15 @@ def run(settings, **keywords):
                         f"({', '.join(sorted(keywords))})")
     network, sweep, verbose = settings.training.network, settings.plot, settings.verbose
     workdir = pathlib.Path(settings.workdir)
-    # Outputs first: an unwritable place is found before the data and training.
-    io.ensure_writable_dir(workdir, "--workdir")
-    figures_dir = io.ensure_writable_dir(settings.figures_dir, "--figures_dir")
+    figures_dir = pathlib.Path(settings.figures_dir)
+    # Across machines only the chief owns the work directory (and touches
+    # it); the other workers train with it.
+    chief = training.is_chief_process(settings.training.strategy)
+    if chief:  # outputs first: an unwritable place is found before the data and training
+        io.ensure_writable_dir(workdir, "--workdir")
+        io.ensure_writable_dir(figures_dir, "--figures_dir")
 
     # One owner per work directory: a second process is refused at once.
-    # Across machines only the chief owns it; the other workers train with it.
-    chief = training.is_chief_process(settings.training.strategy)
     with runs.RunDir(workdir, what=f"--workdir {workdir}").open(read_only=not chief) as run:
         training.make_deterministic(settings.training.seed)
         wanted = settings.data

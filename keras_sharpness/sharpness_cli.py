@@ -160,11 +160,13 @@ def compute(*, models, data, network, output, eps, subspace_dim=0, maxiter=10, s
         batch_size=batch_size, num_samples=num_samples, seed=seed,
         subspace_scale=subspace_scale, hessian_topk=hessian_topk,
         hessian_trace_probes=hessian_trace_probes, **options)
+    from keras_sharpness.training import is_chief_process, make_strategy
+
     output = pathlib.Path(output)
-    io.ensure_writable_dir(output.parent, "output directory")
+    if is_chief_process(strategy):  # across machines only the chief writes
+        io.ensure_writable_dir(output.parent, "output directory")
     # Checkpoints are loaded (a bad one refused) before the possibly slow data
     # load, which happens only if some record must be computed.
-    from keras_sharpness.training import is_chief_process, make_strategy
 
     done = sweep(models, lambda: load_arrays(**data), settings, output, network=network,
                  dataset=data["source"], overwrite=overwrite, echo=echo,

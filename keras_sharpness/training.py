@@ -283,6 +283,7 @@ class SeededBatches:
         self.epoch = 0
         #: Replicas across all workers, and this worker's (see `shard`).
         self.replicas, self.local_replicas = 1, (0,)
+        self._tensors = None  # x and y as TensorFlow constants, made once
 
     def shard(self, replicas, local_replicas):
         """This worker's part of every batch, for `MultiWorkerMirroredStrategy`.
@@ -385,7 +386,9 @@ class SeededBatches:
             # Only the sample indices pass through Python; TensorFlow gathers
             # the rows (those of `batches`), which spares large batches a trip
             # through the generator (BENCHMARKS.md).
-            x, y = tf.constant(self.x), tf.constant(self.y)
+            if self._tensors is None:  # one copy, whatever the number of datasets
+                self._tensors = (tf.constant(self.x), tf.constant(self.y))
+            x, y = self._tensors
             indices = tf.data.Dataset.from_generator(
                 lambda: ((rows if part is None else rows[part],) + (() if w is None else (w,))
                          for _, rows, part, w in self.elements(self.epoch)),
@@ -403,7 +406,8 @@ def fit_input(data, strategy):
     `tf.distribute.MultiWorkerMirroredStrategy` a distributed dataset in which
     every worker makes only its own replicas' parts of each batch
     (`SeededBatches.shard`): the same batches, in the same order, as one
-    process would train on, whatever the number of workers.
+    process would train on, whatever the number of workers (except a final
+    batch with fewer samples than replicas, which is dropped).
     """
     import tensorflow as tf
 
@@ -676,9 +680,12 @@ def train_minimizer(x0, network, info, x_train, y_train, *, batch_size, out_path
             raise UserError(f"{run_name} batch size {size} (--batch_increase_epochs) is not "
                             f"divisible by the {strategy.num_replicas_in_sync} replicas of "
                             f"--strategy")
+    # Across workers a final batch with fewer samples than replicas is dropped,
+    # as one with fewer than k under accumulation (the two never meet).
+    workers = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
     rate_plan = remedies_lib.learning_rate_plan(
         remedies, batch_size=batch_size, num_samples=len(x_train), epochs=cap,
-        accumulation_steps=k)
+        accumulation_steps=strategy.num_replicas_in_sync if workers else k)
     # Each BN call sees one micro-batch of one replica (fewest samples: the first batch).
     per_call = batch_size // (k * strategy.num_replicas_in_sync)
     if remedies.ghost and remedies.ghost_batch_size > per_call:
@@ -747,8 +754,11 @@ def train_minimizer(x0, network, info, x_train, y_train, *, batch_size, out_path
             done, patience, min_delta, relative_min_delta)):
         cap = len(done)  # ended before a kill: restore the backup, train no more
     # f over the training set, evaluated like every measurement evaluates it.
+    # Across workers f is spread over them and gathered: every worker then
+    # holds the same f, so all take the same keep and stop decisions.
     objective = TrainingLoss(builder(False), x_train, y_train, bn_eval=bn_eval,
-                             batch_size=int(eval_batch_size))
+                             batch_size=int(eval_batch_size),
+                             strategy=strategy if workers else None)
     monitor = convergence.TrainingSetMonitor(
         objective, plain, best_path, history, until_converged=until_converged,
         patience=int(patience), min_delta=float(min_delta),
@@ -1079,7 +1089,7 @@ def train_sb_lb(data, settings, workdir, *, verbose=1, callbacks=()):
                 eval_batch_size=t.eval_batch_size, strategy=strategy, accumulation_steps=k,
                 bn_eval=t.bn_eval, verbose=verbose, callbacks=callbacks, remedies=options)
         backups = run.backup("sb").parent
-        if backups.is_dir() and not any(backups.iterdir()):
+        if chief and backups.is_dir() and not any(backups.iterdir()):
             backups.rmdir()
         record = {**record, "status": "finished"}
         if chief:

@@ -22,8 +22,11 @@ relative differences to ``WORKDIR/measure-<task>.json``.
 import contextlib
 import json
 import os
+import pathlib
+import shutil
 import signal
 import sys
+import tempfile
 
 import keras
 import numpy as np
@@ -33,7 +36,7 @@ from keras_sharpness import io
 from keras_sharpness.data import DataInfo
 from keras_sharpness.training import make_strategy, train_minimizer
 
-SAMPLES, FEATURES, CLASSES, BATCH, EPOCHS = 192, 32, 10, 64, 3
+SAMPLES, FEATURES, CLASSES, BATCH, EPOCHS = 201, 32, 10, 64, 3
 
 
 class KillAt(keras.callbacks.Callback):
@@ -50,18 +53,42 @@ class KillAt(keras.callbacks.Callback):
 
 
 def log_writes(folder):
-    """Lists in `folder`/<pid>.txt every path the library writes."""
+    """Lists in `folder`/<pid>.txt every path the library writes: every file
+    (`io.atomic_path`, which every write goes through), and every folder made,
+    file or folder removed and temporary file made in `folder`'s parent."""
     os.makedirs(folder, exist_ok=True)
+    root = pathlib.Path(folder).resolve().parent
+
+    def log(path):
+        with open(os.path.join(folder, f"{os.getpid()}.txt"), "a") as out:
+            out.write(f"{path}\n")
+
     original = io.atomic_path
 
     @contextlib.contextmanager
     def logged(path):
-        with open(os.path.join(folder, f"{os.getpid()}.txt"), "a") as log:
-            log.write(f"{path}\n")
+        log(path)
         with original(path) as tmp:
             yield tmp
 
     io.atomic_path = logged
+
+    def watch(owner, name, path_of):
+        method = getattr(owner, name)
+
+        def watched(*args, **kwargs):
+            path = pathlib.Path(path_of(*args, **kwargs)).resolve()
+            if (path == root or root in path.parents) and pathlib.Path(folder) not in (
+                    path, *path.parents):
+                log(path)
+            return method(*args, **kwargs)
+
+        setattr(owner, name, watched)
+
+    for name in ("mkdir", "rmdir", "unlink"):
+        watch(pathlib.Path, name, lambda self, *a, **k: self)
+    watch(shutil, "rmtree", lambda path, *a, **k: path)
+    watch(tempfile, "TemporaryFile", lambda *a, dir=None, **k: dir or "/")
 
 
 def data():
@@ -83,9 +110,10 @@ def measure(workdir, strategy):
 
     x, y = data()
     model = x0_model()
-    # 192 samples in batches of 40: 4 whole batches over the 2 replicas, the last alone.
-    one = TrainingLoss(model, x, y, batch_size=40)
-    spread = TrainingLoss(model, x, y, batch_size=40, strategy=strategy)
+    # 201 samples in batches of 50: 5 batches, the fifth of 1 sample, in
+    # groups of 2 (one per replica), the last group short of a batch.
+    one = TrainingLoss(model, x, y, batch_size=50)
+    spread = TrainingLoss(model, x, y, batch_size=50, strategy=strategy)
     w = one.initial_point() + 0.01
     v = np.random.default_rng(1).standard_normal(one.num_params)
     pairs = {
@@ -107,7 +135,7 @@ def measure(workdir, strategy):
     from keras_sharpness.measure import MeasureSettings, sweep
 
     log_writes(os.path.join(workdir, "writes"))
-    settings = MeasureSettings(eval_batch_size=40, measures=("landscape",), landscape_points=3)
+    settings = MeasureSettings(eval_batch_size=50, measures=("landscape",), landscape_points=3)
     arrays = ArrayData.from_arrays(x, y, x[:10], y[:10], num_classes=CLASSES)
     sweep([("x0", model)], arrays, settings, os.path.join(workdir, "sharpness.json"),
           strategy=strategy, echo=None)

@@ -102,7 +102,8 @@ def test_two_workers_resume_after_a_kill_and_train_as_one_process_writing_once(t
     assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
 
     # ... and ends where one process ends, with the same global batch of 64
-    # (here 2 workers x 32 with synchronized BN): every epoch's f, and the model.
+    # (here 2 workers x 32 with synchronized BN; the last batch of 9 cut into
+    # 5 + 4, weighted): every epoch's f, and the model.
     one, two = history(alone), history(together)
     assert (one["replicas"], two["replicas"]) == (1, 2)
     assert two["strategy"] == "CollectiveAllReduceStrategy"  # tf.distribute.MultiWorker...

@@ -113,6 +113,22 @@ def test_shards_are_the_replicas_parts_of_each_batch_and_average_to_its_mean():
         shards[r][i][1].tolist() for i in range(3) for r in (1, 2)]
 
 
+def test_elements_are_the_epoch_permutation_cut_into_batches_and_parts():
+    x, y = np.zeros((23, 1), np.float32), np.arange(23)
+    order = training.epoch_permutation(23, 5, 4)
+    plain = list(training.SeededBatches(x, y, 10, seed=5).elements(4))
+    assert [(b, w.tolist(), p, s) for b, w, p, s in plain] == [
+        (0, order[:10].tolist(), None, None), (1, order[10:20].tolist(), None, None),
+        (2, order[20:].tolist(), None, None)]
+    # Two replicas: parts 5 + 5, 5 + 5 and 2 + 1 of the same batches.
+    sharded = training.SeededBatches(x, y, 10, seed=5).shard(2, [0, 1])
+    got = [(b, w[p].tolist(), s.tolist()) for b, w, p, s in sharded.elements(4)]
+    assert got == [(0, order[:5].tolist(), [1.0] * 5), (0, order[5:10].tolist(), [1.0] * 5),
+                   (1, order[10:15].tolist(), [1.0] * 5), (1, order[15:20].tolist(), [1.0] * 5),
+                   (2, order[20:22].tolist(), [float(np.float32(4 / 3))] * 2),
+                   (2, order[22:].tolist(), [float(np.float32(2 / 3))])]
+
+
 @pytest.mark.parametrize("options", [{}, {"accumulation_steps": 3}, {"replicas": 2}])
 def test_the_dataset_gathers_the_batches_of_the_generator(options):
     rng = np.random.default_rng(0)
