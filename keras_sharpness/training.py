@@ -386,8 +386,9 @@ class SeededBatches:
             # Only the sample indices pass through Python; TensorFlow gathers
             # the rows (those of `batches`), which spares large batches a trip
             # through the generator (BENCHMARKS.md).
-            if self._tensors is None:  # one copy, whatever the number of datasets
-                self._tensors = (tf.constant(self.x), tf.constant(self.y))
+            if self._tensors is None:  # one copy (in host memory, where tf.data runs)
+                with tf.device("/cpu:0"):
+                    self._tensors = (tf.constant(self.x), tf.constant(self.y))
             x, y = self._tensors
             indices = tf.data.Dataset.from_generator(
                 lambda: ((rows if part is None else rows[part],) + (() if w is None else (w,))
