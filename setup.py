@@ -68,7 +68,7 @@ setup(
                           encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="MIT",
-    python_requires=">=3.9",
+    python_requires=">=3.10",
     packages=find_packages(include=["keras_sharpness", "keras_sharpness.*"]),
     py_modules=["network_zoo"],
     install_requires=[

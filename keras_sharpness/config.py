@@ -42,7 +42,7 @@ checked against live here: `NETWORKS`, `DEFAULT_DATASET` and `check_network`
 import dataclasses
 import math
 import os
-from typing import Optional, Tuple, Union
+from typing import Optional, Union
 
 from keras_sharpness import remedies as remedies_lib
 from keras_sharpness import schedules
@@ -181,8 +181,10 @@ class _Settings:
         raise NotImplementedError
 
     def to_dict(self):
-        """The fields as JSON-ready values (nested settings as dicts)."""
-        return {f.name: _to_json(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        """The fields as JSON-ready values (nested settings as dicts), the
+        class's own first, then inherited keyword-only ones (the remedies)."""
+        return {f.name: _to_json(getattr(self, f.name))
+                for f in sorted(dataclasses.fields(self), key=lambda f: f.kw_only)}
 
     @classmethod
     def from_dict(cls, values):
@@ -264,7 +266,7 @@ class DataSettings(_Settings):
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainingSettings(_Settings):
+class TrainingSettings(_Settings, remedies_lib.RemedyFields):
     """Which SB and LB minimizers: `keras_sharpness.training.train_sb_lb`.
 
     Attributes:
@@ -307,26 +309,7 @@ class TrainingSettings(_Settings):
     bn_eval: str = "batch"
     strategy: str = "default"
     accumulation_steps: int = 1
-    augment: bool = False
-    conservative_lambda: float = 0.0
-    conservative_steps: int = 3
-    adversarial_eps: float = 0.0
-    adversarial_clean_weight: float = 0.5
-    optimizer: str = "adam"
-    learning_rate: float = 0.001
-    momentum: float = 0.9
-    lr_scaling: str = "none"
-    lr_reference_batch: int = 0
-    warmup_epochs: float = 0.0
-    lr_decay: str = "none"
-    train_longer: bool = False
-    ghost_batch_size: int = 0
-    sam_rho: float = 0.0
-    sam_adaptive: bool = False
-    sam_eta: float = 0.01
-    batch_increase_epochs: Tuple[int, ...] = ()
-    batch_increase_factor: float = 2.0
-    batch_increase_max: int = 0
+    # ... and the remedy fields of `remedies_lib.RemedyFields` (keyword-only).
     remedies_apply_to: str = "lb"
 
     def _check(self):

@@ -76,9 +76,13 @@ APPLY_TO = ("lb", "sb", "both")
 LR_DECAYS = ("none", "cosine")
 
 
-@dataclasses.dataclass(frozen=True)
-class Remedies:
-    """The remedy options of one training run (all off by default).
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RemedyFields:
+    """The remedy options, their types and defaults: the one list of them.
+
+    `Remedies` is these fields with their meaning (methods);
+    `keras_sharpness.config.TrainingSettings` inherits them, so a run's
+    settings hold them flat (keyword-only: they follow its own fields).
 
     Attributes:
         augment: flip / rotate / translate training images.
@@ -133,6 +137,12 @@ class Remedies:
     batch_increase_epochs: Tuple[int, ...] = ()
     batch_increase_factor: float = 2.0
     batch_increase_max: int = 0
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Remedies(RemedyFields):
+    """The remedy options of one training run (all off by default): the
+    fields of `RemedyFields`, and what they mean."""
 
     @property
     def conservative(self):
