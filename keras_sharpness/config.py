@@ -62,7 +62,7 @@ DEFAULT_DATASET = {"F1": "mnist", "F2": None, "C1": "cifar10", "C2": "cifar10",
 BN_EVAL_MODES = ("batch", "moving")
 
 #: The `TrainingSettings` fields that are `keras_sharpness.remedies.Remedies` options.
-REMEDY_FIELDS = tuple(f.name for f in dataclasses.fields(remedies_lib.Remedies))
+REMEDY_FIELDS = remedies_lib.FIELDS
 
 
 def check_network(name):

@@ -139,6 +139,10 @@ class RemedyFields:
     batch_increase_max: int = 0
 
 
+#: The names of the remedy fields, in order.
+FIELDS = tuple(field.name for field in dataclasses.fields(RemedyFields))
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Remedies(RemedyFields):
     """The remedy options of one training run (all off by default): the
@@ -622,6 +626,7 @@ def remedy_model(network, remedies):
         adversarial_clean_weight=remedies.adversarial_clean_weight)
 
 
-__all__ = ["APPLY_TO", "ImageAugmentation", "LR_DECAYS", "RECORD_DEFAULTS", "Remedies",
+__all__ = ["APPLY_TO", "FIELDS", "ImageAugmentation", "LR_DECAYS", "RECORD_DEFAULTS",
+           "RemedyFields", "Remedies",
            "augmentation_key", "fgsm_perturbation", "learning_rate_plan", "make_optimizer",
            "proximal_term", "remedy_model", "remedy_model_class"]

@@ -102,13 +102,8 @@ STRATEGIES = ("default", "mirrored", "multiworker")
 #: later run must agree on all of them to reuse its checkpoints.
 IDENTITY_KEYS = ("network", "dataset", "seed", "train_size", "sb_batch_size",
                  "lb_batch_size", "epochs", "until_converged", "patience",
-                 "min_delta", "max_epochs", "accumulation_steps", "augment",
-                 "conservative_lambda", "conservative_steps", "adversarial_eps",
-                 "adversarial_clean_weight", "remedies_apply_to", "relative_min_delta",
-                 "eval_batch_size", "keeps", "optimizer", "learning_rate", "momentum",
-                 "lr_scaling", "lr_reference_batch", "warmup_epochs", "lr_decay",
-                 "train_longer", "ghost_batch_size", "sam_rho", "sam_adaptive", "sam_eta",
-                 "batch_increase_epochs", "batch_increase_factor", "batch_increase_max")
+                 "min_delta", "max_epochs", "accumulation_steps", "remedies_apply_to",
+                 "relative_min_delta", "eval_batch_size", "keeps", *remedies_lib.FIELDS)
 
 #: The ``kind`` of a run directory of SB and LB minimizers in its manifest.
 KIND = "sb_lb"
