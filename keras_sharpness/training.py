@@ -750,11 +750,12 @@ def train_minimizer(x0, network, info, x_train, y_train, *, batch_size, out_path
             done, patience, min_delta, relative_min_delta)):
         cap = len(done)  # ended before a kill: restore the backup, train no more
     # f over the training set, evaluated like every measurement evaluates it.
-    # Across workers f is spread over them and gathered: every worker then
-    # holds the same f, so all take the same keep and stop decisions.
+    # Under a strategy f is spread over its replicas and gathered: across
+    # workers every worker then holds the same f, so all take the same keep
+    # and stop decisions (and on several GPUs the pass uses all of them).
     objective = TrainingLoss(builder(False), x_train, y_train, bn_eval=bn_eval,
                              batch_size=int(eval_batch_size),
-                             strategy=strategy if workers else None)
+                             strategy=strategy if synchronized else None)
     monitor = convergence.TrainingSetMonitor(
         objective, plain, best_path, history, until_converged=until_converged,
         patience=int(patience), min_delta=float(min_delta),
