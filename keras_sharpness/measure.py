@@ -762,7 +762,7 @@ def sweep(models, data, settings, store, *, network=None, dataset=None, overwrit
         barrier(strategy)
     with store.open(), (contextlib.nullcontext(store.path.parent / "figures") if chief
                         else tempfile.TemporaryDirectory(prefix="ks-worker-")) as figures:
-        if chief and strategy is not None:
+        if chief:
             barrier(strategy)
         figures = pathlib.Path(figures)
         loaded = [(subject, _load(subject, settings)) for subject in chosen]

@@ -384,15 +384,10 @@ class RecordStore:
         """
         from keras_sharpness import io
 
-        if not self.write:
-            self._records = self.read()
-            try:
-                yield self
-            finally:
-                self._records = None
-            return
-        io.ensure_writable_dir(self.path.parent, "record store directory")
-        with exclusive(self.path.parent, name=lock_name(self.path.name), what=str(self.path)):
+        if self.write:
+            io.ensure_writable_dir(self.path.parent, "record store directory")
+        with (exclusive(self.path.parent, name=lock_name(self.path.name), what=str(self.path))
+              if self.write else contextlib.nullcontext()):
             self._records = self.read()
             try:
                 yield self

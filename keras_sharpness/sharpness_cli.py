@@ -163,7 +163,8 @@ def compute(*, models, data, network, output, eps, subspace_dim=0, maxiter=10, s
     from keras_sharpness.training import is_chief_process, make_strategy
 
     output = pathlib.Path(output)
-    if is_chief_process(strategy):  # across machines only the chief writes
+    chief = is_chief_process(strategy)
+    if chief:  # across machines only the chief writes
         io.ensure_writable_dir(output.parent, "output directory")
     # Checkpoints are loaded (a bad one refused) before the possibly slow data
     # load, which happens only if some record must be computed.
@@ -173,7 +174,7 @@ def compute(*, models, data, network, output, eps, subspace_dim=0, maxiter=10, s
                  strategy=None if strategy == "default" else make_strategy(strategy))
     for line in format_table(done):
         echo(line)
-    echo(f"wrote {output}" if is_chief_process(strategy) else f"the chief writes {output}")
+    echo(f"wrote {output}" if chief else f"the chief writes {output}")
     return done
 
 

@@ -185,6 +185,11 @@ def default_lb_batch_size(train_size):
     return RELEASED_LB_BATCH_SIZE if 2 * RELEASED_LB_BATCH_SIZE <= train_size else 0.1
 
 
+#: The one-line refusal of gradient accumulation under `MultiWorkerMirroredStrategy`.
+NO_ACCUMULATION_ACROSS_WORKERS = (
+    "gradient accumulation (--accumulation_steps) does not work across workers in Keras 3; "
+    "use a smaller global batch or more workers")
+
 #: The process's one `MultiWorkerMirroredStrategy` (TensorFlow allows one,
 #: created before anything else runs: the commands make it at start-up).
 _MULTIWORKER = None
@@ -292,8 +297,7 @@ class SeededBatches:
         one device. A final batch with fewer samples than replicas is dropped.
         """
         if self.accumulation_steps > 1:
-            raise UserError("gradient accumulation (--accumulation_steps) does not work across "
-                            "workers in Keras 3; use a smaller global batch or more workers")
+            raise UserError(NO_ACCUMULATION_ACROSS_WORKERS)
         self.replicas, self.local_replicas = int(replicas), tuple(int(r) for r in local_replicas)
         return self
 
@@ -642,14 +646,14 @@ def train_minimizer(x0, network, info, x_train, y_train, *, batch_size, out_path
         strategy = make_strategy(strategy)
     synchronized = isinstance(strategy, (tf.distribute.MirroredStrategy,
                                          tf.distribute.MultiWorkerMirroredStrategy))
+    workers = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
     chief = is_chief(strategy)
     k = max(1, int(accumulation_steps or 1))
     if k > batch_size:
         raise UserError(f"accumulation_steps {k} is larger than the {run_name} "
                         f"batch size {batch_size}")
-    if k > 1 and isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        raise UserError("gradient accumulation (--accumulation_steps) does not work across "
-                        "workers in Keras 3; use a smaller global batch or more workers")
+    if k > 1 and workers:
+        raise UserError(NO_ACCUMULATION_ACROSS_WORKERS)
     if batch_size % strategy.num_replicas_in_sync:
         raise UserError(f"{run_name} batch size {batch_size} is not divisible by the "
                         f"{strategy.num_replicas_in_sync} replicas of --strategy")
@@ -678,7 +682,6 @@ def train_minimizer(x0, network, info, x_train, y_train, *, batch_size, out_path
                             f"--strategy")
     # Across workers a final batch with fewer samples than replicas is dropped,
     # as one with fewer than k under accumulation (the two never meet).
-    workers = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
     rate_plan = remedies_lib.learning_rate_plan(
         remedies, batch_size=batch_size, num_samples=len(x_train), epochs=cap,
         accumulation_steps=strategy.num_replicas_in_sync if workers else k)
@@ -722,7 +725,7 @@ def train_minimizer(x0, network, info, x_train, y_train, *, batch_size, out_path
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                       metrics=["accuracy"])
 
-    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    if workers:
         _fit_across_workers(model, strategy)
     data = SeededBatches(x_train, y_train, schedule, seed=seed, accumulation_steps=k,
                          augment=augmentation)
