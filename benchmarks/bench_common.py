@@ -4,6 +4,7 @@ Imported as ``bench_common`` (Python puts a script's own folder first on
 its path).
 """
 
+import os
 import pathlib
 import statistics
 import time
@@ -41,3 +42,25 @@ def alternating_medians(fns, repeats):
             fn()
             spent.append(time.perf_counter() - t)
     return [statistics.median(spent) for spent in times]
+
+
+def f1_objective(data_path, *, bn_eval, batch_size, num_samples=None):
+    """``(data, model, objective)``: a fresh F1 (seed 0, batch-statistics BN)
+    and its f on the MNIST-like npz at `data_path`; None, after saying so,
+    where that file is absent (a user's clone has no shared data)."""
+    if not os.path.isfile(data_path):
+        print(f"skipped: {data_path} is absent (the shared MNIST split lives beside "
+              "the dev checkout)")
+        return None
+    import keras
+
+    from keras_sharpness.data import load_arrays
+    from keras_sharpness.networks import build_network
+    from keras_sharpness.objective import TrainingLoss
+
+    data = load_arrays(f"npz:{data_path}")
+    keras.utils.set_random_seed(0)
+    model = build_network("F1", data.info.input_shape, data.info.num_classes, bn_eval="batch")
+    objective = TrainingLoss(model, data.x_train, data.y_train, bn_eval=bn_eval,
+                             batch_size=batch_size, num_samples=num_samples)
+    return data, model, objective

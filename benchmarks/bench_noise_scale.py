@@ -27,12 +27,11 @@ the weights. Timings are medians of ``--repeats`` calls after one warm-up
 (tracing) call. Skips with a message when the data file is absent.
 """
 
-import os
 import pathlib
 import sys
 
 from absl import app, flags
-from bench_common import SHARED_MNIST, median_seconds
+from bench_common import SHARED_MNIST, f1_objective, median_seconds
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from keras_sharpness import cli  # noqa: E402
@@ -54,25 +53,18 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
-    if not os.path.isfile(FLAGS.data):
-        print(f"skipped: {FLAGS.data} is absent (the shared MNIST split lives beside "
-              "the dev checkout)")
+    loaded = f1_objective(FLAGS.data, bn_eval="moving", batch_size=FLAGS.batch_size,
+                          num_samples=FLAGS.num_samples)
+    if loaded is None:
         return
-    import keras
+    data, model, objective = loaded
     import numpy as np
     import tensorflow as tf
 
     from keras_sharpness import io
-    from keras_sharpness.data import load_arrays
-    from keras_sharpness.networks import build_network
     from keras_sharpness.noise_scale import noise_scale_from_moments
     from keras_sharpness.objective import TrainingLoss
 
-    data = load_arrays(f"npz:{FLAGS.data}")
-    keras.utils.set_random_seed(0)
-    model = build_network("F1", data.info.input_shape, data.info.num_classes, bn_eval="batch")
-    objective = TrainingLoss(model, data.x_train, data.y_train, bn_eval="moving",
-                             batch_size=FLAGS.batch_size, num_samples=FLAGS.num_samples)
     w = objective.initial_point()
     repeats = FLAGS.repeats
     figures = {"device": tf.config.list_logical_devices()[-1].device_type, "network": "F1",
